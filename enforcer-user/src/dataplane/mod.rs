@@ -1,0 +1,179 @@
+//! The kernel side as user space sees it: the embedded XDP object, loading and attaching it,
+//! and typed access to its maps.
+
+use std::net::IpAddr;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{Xdp, XdpMode},
+};
+use common::{
+    DeviceEntry, PrefixRules, SessionKey, SessionValue, counters, map_names, program_names,
+};
+
+/// The XDP object built by `build.rs`; empty when the eBPF build was skipped.
+static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+/// Errors from loading the program or from its maps.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "this enforcer binary was built without its XDP program (AYA_BUILD_SKIP was set or bpf-linker was missing); run scripts/setup.sh and rebuild"
+    )]
+    MissingObject,
+    #[error("failed to load the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("failed to load or attach XDP program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name} is missing from the XDP object")]
+    MissingMap { name: &'static str },
+    #[error("failed to access map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Returns the embedded XDP object, or an error when the binary was built without it.
+pub fn xdp_object() -> Result<&'static [u8], DataplaneError> {
+    if XDP_OBJECT.is_empty() {
+        return Err(DataplaneError::MissingObject);
+    }
+    Ok(XDP_OBJECT)
+}
+
+/// A loaded XDP object with its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads the object and verifies the Ethernet entry point, without attaching it.
+    pub fn load() -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new().load(xdp_object()?)?;
+        program_mut(&mut ebpf, program_names::ETHERNET)?
+            .load()
+            .map_err(|source| DataplaneError::Program {
+                name: program_names::ETHERNET,
+                source,
+            })?;
+        Ok(Self { ebpf })
+    }
+
+    /// Attaches the Ethernet entry point to `interface` in `mode`.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        program_mut(&mut self.ebpf, program_names::ETHERNET)?
+            .attach(interface, mode)
+            .map_err(|source| DataplaneError::Program {
+                name: program_names::ETHERNET,
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Returns the loaded Ethernet entry point, for example to run it with `BPF_PROG_TEST_RUN`.
+    pub fn ethernet_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        program_mut(&mut self.ebpf, program_names::ETHERNET)
+    }
+
+    /// Maps `address` to `device`.
+    pub fn set_device(
+        &mut self,
+        address: IpAddr,
+        device: DeviceEntry,
+    ) -> Result<(), DataplaneError> {
+        match address {
+            IpAddr::V4(v4) => {
+                let mut map: HashMap<&mut MapData, [u8; 4], DeviceEntry> =
+                    self.map_mut(map_names::DEVICES_V4)?;
+                map.insert(v4.octets(), device, 0)
+                    .map_err(|source| map_error(map_names::DEVICES_V4, source))
+            }
+            IpAddr::V6(v6) => {
+                let mut map: HashMap<&mut MapData, [u8; 16], DeviceEntry> =
+                    self.map_mut(map_names::DEVICES_V6)?;
+                map.insert(v6.octets(), device, 0)
+                    .map_err(|source| map_error(map_names::DEVICES_V6, source))
+            }
+        }
+    }
+
+    /// Stores `rules` for the destination prefix `address/prefix_len`.
+    pub fn set_prefix(
+        &mut self,
+        address: IpAddr,
+        prefix_len: u32,
+        rules: PrefixRules,
+    ) -> Result<(), DataplaneError> {
+        match address {
+            IpAddr::V4(v4) => {
+                let mut map: LpmTrie<&mut MapData, [u8; 4], PrefixRules> =
+                    self.map_mut(map_names::PREFIXES_V4)?;
+                map.insert(&Key::new(prefix_len, v4.octets()), rules, 0)
+                    .map_err(|source| map_error(map_names::PREFIXES_V4, source))
+            }
+            IpAddr::V6(v6) => {
+                let mut map: LpmTrie<&mut MapData, [u8; 16], PrefixRules> =
+                    self.map_mut(map_names::PREFIXES_V6)?;
+                map.insert(&Key::new(prefix_len, v6.octets()), rules, 0)
+                    .map_err(|source| map_error(map_names::PREFIXES_V6, source))
+            }
+        }
+    }
+
+    /// Inserts or replaces the session of `key`.
+    pub fn set_session(
+        &mut self,
+        key: SessionKey,
+        value: SessionValue,
+    ) -> Result<(), DataplaneError> {
+        let mut map: HashMap<&mut MapData, SessionKey, SessionValue> =
+            self.map_mut(map_names::SESSIONS)?;
+        map.insert(key, value, 0)
+            .map_err(|source| map_error(map_names::SESSIONS, source))
+    }
+
+    /// Returns every counter summed over all CPUs, indexed as `common::counters`.
+    pub fn counters(&mut self) -> Result<[u64; counters::COUNT as usize], DataplaneError> {
+        let map: PerCpuArray<&mut MapData, u64> = self.map_mut(map_names::COUNTERS)?;
+        let mut totals = [0u64; counters::COUNT as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            let values = map
+                .get(&(index as u32), 0)
+                .map_err(|source| map_error(map_names::COUNTERS, source))?;
+            *total = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        T::try_from(map).map_err(|source| map_error(name, source))
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
+        name,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, source })
+}
+
+fn map_error(name: &'static str, source: aya::maps::MapError) -> DataplaneError {
+    DataplaneError::Map { name, source }
+}
