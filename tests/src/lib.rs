@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod lab;
+
 /// Prefix of every namespace the tests create, so stale ones are easy to find and remove.
 pub const NETNS_PREFIX: &str = "enft-";
 
@@ -59,6 +61,19 @@ impl Netns {
         run("ip", &["netns", "add", &name])?;
         let netns = Self {
             name,
+            children: Vec::new(),
+        };
+        netns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// Creates a namespace with exactly `name`, first removing a stale one of that name and
+    /// every process left inside it (for example after a crash of a previous run).
+    pub fn named(name: &str) -> anyhow::Result<Self> {
+        remove_netns(name);
+        run("ip", &["netns", "add", name])?;
+        let netns = Self {
+            name: name.to_owned(),
             children: Vec::new(),
         };
         netns.exec(&["ip", "link", "set", "lo", "up"])?;
@@ -117,11 +132,31 @@ impl Drop for Netns {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        remove_netns(&self.name);
     }
+}
+
+/// Kills every process inside namespace `name` and deletes it; does nothing if it is absent.
+pub fn remove_netns(name: &str) {
+    if !std::path::Path::new("/run/netns").join(name).exists() {
+        return;
+    }
+    if let Ok(output) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            // A thread of this process may have entered the namespace; never kill ourselves.
+            if pid != std::process::id() {
+                // SAFETY: kill has no memory preconditions; a stale pid only yields ESRCH.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Returns the calling thread to its original namespace on drop.
