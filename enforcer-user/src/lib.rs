@@ -2,6 +2,27 @@
 //! enforced per packet by an XDP program.
 //!
 //! # Layout
+//! - `config`: the daemon's configuration file. Its `[idp]` table is an opaque `toml::Table`
+//!   that the `idp` module reads into its own struct.
+//! - `policy`: the policy file (resources, who may reach them, pre-enrolled devices), its
+//!   validation with line numbers, and its compilation into the kernel's prefix rules.
+//! - `store`: the redb state store with a typed API. Pending logins of the authorization code
+//!   flow live in `store/logins.rs` (`Store::put_pending_login`, `Store::take_pending_login`,
+//!   which is single-use); the IdP client and the portal use that API and add fields to
+//!   `PendingLogin` there.
+//! - `clock`: wall time, CLOCK_BOOTTIME and the boot id, and the expiry conversion.
+//! - `engine`: the session engine, the only writer of the kernel maps: reconciliation,
+//!   sign-in, grants, revocation and policy reload.
 //! - `dataplane`: loads, attaches and pins the XDP program and reads and writes its maps.
 //!   It is the only module that touches the kernel.
+//! - `daemon`: `enforcer run`, which wires everything together and owns shutdown.
+//! - `http`: the portal and metrics listeners. The portal merges its routes into
+//!   `http::portal_router`, which shares `daemon::DaemonState` with every route.
+pub mod clock;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
+pub mod engine;
+pub mod http;
+pub mod policy;
+pub mod store;

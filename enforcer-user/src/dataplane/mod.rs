@@ -1,7 +1,11 @@
 //! The kernel side as user space sees it: the embedded XDP object, loading and attaching it,
 //! and typed access to its maps.
 
+pub mod maps;
+
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -32,6 +36,10 @@ pub enum DataplaneError {
     },
     #[error("map {name} is missing from the XDP object")]
     MissingMap { name: &'static str },
+    #[error(
+        "map {name} is full ({capacity} entries); remove expired sessions or raise the map size in enforcer-ebpf"
+    )]
+    MapFull { name: &'static str, capacity: u32 },
     #[error("failed to access map {name}: {source}")]
     Map {
         name: &'static str,
@@ -152,6 +160,17 @@ impl Dataplane {
         Ok(totals)
     }
 
+    fn map_ref<'a, T>(&'a self, name: &'static str) -> Result<T, DataplaneError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        T::try_from(map).map_err(|source| map_error(name, source))
+    }
+
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DataplaneError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
@@ -176,4 +195,147 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
 
 fn map_error(name: &'static str, source: aya::maps::MapError) -> DataplaneError {
     DataplaneError::Map { name, source }
+}
+
+/// Maps an insert error to `MapFull` when the kernel answered E2BIG, which a hash map returns
+/// when it has no room for a new key.
+fn insert_error(name: &'static str, capacity: u32, source: aya::maps::MapError) -> DataplaneError {
+    if let aya::maps::MapError::SyscallError(syscall) = &source
+        && syscall.io_error.raw_os_error() == Some(libc::E2BIG)
+    {
+        return DataplaneError::MapFull { name, capacity };
+    }
+    map_error(name, source)
+}
+
+/// Treats a missing key as success, so removals are idempotent.
+fn ignore_missing(
+    name: &'static str,
+    result: Result<(), aya::maps::MapError>,
+) -> Result<(), DataplaneError> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(syscall))
+            if syscall.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(map_error(name, source)),
+    }
+}
+
+fn device_key_error(name: &'static str, source: aya::maps::MapError) -> DataplaneError {
+    map_error(name, source)
+}
+
+impl maps::KernelMaps for Dataplane {
+    fn set_device(&mut self, address: IpAddr, entry: DeviceEntry) -> Result<(), DataplaneError> {
+        Dataplane::set_device(self, address, entry)
+    }
+
+    fn remove_device(&mut self, address: IpAddr) -> Result<(), DataplaneError> {
+        match address {
+            IpAddr::V4(v4) => {
+                let mut map: HashMap<&mut MapData, [u8; 4], DeviceEntry> =
+                    self.map_mut(map_names::DEVICES_V4)?;
+                ignore_missing(map_names::DEVICES_V4, map.remove(&v4.octets()))
+            }
+            IpAddr::V6(v6) => {
+                let mut map: HashMap<&mut MapData, [u8; 16], DeviceEntry> =
+                    self.map_mut(map_names::DEVICES_V6)?;
+                ignore_missing(map_names::DEVICES_V6, map.remove(&v6.octets()))
+            }
+        }
+    }
+
+    fn devices(&self) -> Result<Vec<(IpAddr, DeviceEntry)>, DataplaneError> {
+        let mut devices = Vec::new();
+        let v4: HashMap<&MapData, [u8; 4], DeviceEntry> = self.map_ref(map_names::DEVICES_V4)?;
+        for entry in v4.iter() {
+            let (key, value) =
+                entry.map_err(|source| device_key_error(map_names::DEVICES_V4, source))?;
+            devices.push((IpAddr::from(key), value));
+        }
+        let v6: HashMap<&MapData, [u8; 16], DeviceEntry> = self.map_ref(map_names::DEVICES_V6)?;
+        for entry in v6.iter() {
+            let (key, value) =
+                entry.map_err(|source| device_key_error(map_names::DEVICES_V6, source))?;
+            devices.push((IpAddr::from(key), value));
+        }
+        Ok(devices)
+    }
+
+    fn set_prefix(&mut self, prefix: IpNet, rules: PrefixRules) -> Result<(), DataplaneError> {
+        let (address, length) = maps::prefix_parts(prefix);
+        Dataplane::set_prefix(self, address, length, rules)
+    }
+
+    fn remove_prefix(&mut self, prefix: IpNet) -> Result<(), DataplaneError> {
+        match prefix {
+            IpNet::V4(v4) => {
+                let mut map: LpmTrie<&mut MapData, [u8; 4], PrefixRules> =
+                    self.map_mut(map_names::PREFIXES_V4)?;
+                let key = Key::new(u32::from(v4.prefix_len()), v4.network().octets());
+                ignore_missing(map_names::PREFIXES_V4, map.remove(&key))
+            }
+            IpNet::V6(v6) => {
+                let mut map: LpmTrie<&mut MapData, [u8; 16], PrefixRules> =
+                    self.map_mut(map_names::PREFIXES_V6)?;
+                let key = Key::new(u32::from(v6.prefix_len()), v6.network().octets());
+                ignore_missing(map_names::PREFIXES_V6, map.remove(&key))
+            }
+        }
+    }
+
+    fn prefixes(&self) -> Result<Vec<(IpNet, PrefixRules)>, DataplaneError> {
+        let mut prefixes = Vec::new();
+        let v4: LpmTrie<&MapData, [u8; 4], PrefixRules> = self.map_ref(map_names::PREFIXES_V4)?;
+        for entry in v4.iter() {
+            let (key, value) = entry.map_err(|source| map_error(map_names::PREFIXES_V4, source))?;
+            if let Some(prefix) = maps::prefix_v4(key.prefix_len(), key.data()) {
+                prefixes.push((prefix, value));
+            }
+        }
+        let v6: LpmTrie<&MapData, [u8; 16], PrefixRules> = self.map_ref(map_names::PREFIXES_V6)?;
+        for entry in v6.iter() {
+            let (key, value) = entry.map_err(|source| map_error(map_names::PREFIXES_V6, source))?;
+            if let Some(prefix) = maps::prefix_v6(key.prefix_len(), key.data()) {
+                prefixes.push((prefix, value));
+            }
+        }
+        Ok(prefixes)
+    }
+
+    fn set_session(&mut self, key: SessionKey, value: SessionValue) -> Result<(), DataplaneError> {
+        let capacity = maps::KernelMaps::session_capacity(self);
+        let mut map: HashMap<&mut MapData, SessionKey, SessionValue> =
+            self.map_mut(map_names::SESSIONS)?;
+        map.insert(key, value, 0)
+            .map_err(|source| insert_error(map_names::SESSIONS, capacity, source))
+    }
+
+    fn remove_session(&mut self, key: SessionKey) -> Result<(), DataplaneError> {
+        let mut map: HashMap<&mut MapData, SessionKey, SessionValue> =
+            self.map_mut(map_names::SESSIONS)?;
+        ignore_missing(map_names::SESSIONS, map.remove(&key))
+    }
+
+    fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>, DataplaneError> {
+        let map: HashMap<&MapData, SessionKey, SessionValue> = self.map_ref(map_names::SESSIONS)?;
+        let mut sessions = Vec::new();
+        for entry in map.iter() {
+            sessions.push(entry.map_err(|source| map_error(map_names::SESSIONS, source))?);
+        }
+        Ok(sessions)
+    }
+
+    fn session_capacity(&self) -> u32 {
+        self.ebpf
+            .map(map_names::SESSIONS)
+            .and_then(|map| match map {
+                aya::maps::Map::HashMap(data) => data.info().ok().map(|info| info.max_entries()),
+                _ => None,
+            })
+            .unwrap_or(maps::DEFAULT_SESSION_CAPACITY)
+    }
 }

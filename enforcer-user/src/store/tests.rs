@@ -1,0 +1,225 @@
+use std::net::IpAddr;
+
+use super::devices::NewDevice;
+use super::*;
+use crate::clock::Instant;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.redb")).unwrap();
+    (dir, store)
+}
+
+fn laptop() -> NewDevice {
+    NewDevice {
+        name: "laptop".to_owned(),
+        owner: Some("alice@example.com".to_owned()),
+        addresses: vec![
+            "192.0.2.10".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+        ],
+        mac: None,
+        source: EnrollmentSource::Admin,
+    }
+}
+
+#[test]
+fn second_open_is_already_running() {
+    let (dir, _store) = open();
+    let err = Store::open(&dir.path().join("state.redb")).unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyRunning { .. }), "{err}");
+    assert!(err.to_string().contains("already running"), "{err}");
+}
+
+#[test]
+fn newer_schema_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_SCHEMA, SCHEMA_VERSION + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 2, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn foreign_redb_file_is_rejected_not_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let other: TableDefinition<&str, u64> = TableDefinition::new("something_else");
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(other).unwrap().insert("key", 7).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
+    let db = Database::create(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let value = txn
+        .open_table(other)
+        .unwrap()
+        .get("key")
+        .unwrap()
+        .unwrap()
+        .value();
+    assert_eq!(value, 7, "the foreign file must be left as it was");
+}
+
+#[test]
+fn device_ids_start_at_one_and_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path).unwrap();
+        let mut txn = store.begin_write().unwrap();
+        let device = txn.enroll_device(laptop()).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(device.id, 1);
+    }
+    let store = Store::open(&path).unwrap();
+    let address: IpAddr = "2001:db8::10".parse().unwrap();
+    assert_eq!(store.device_by_address(address).unwrap(), Some(1));
+    assert_eq!(store.device_by_name("laptop").unwrap().unwrap().id, 1);
+}
+
+#[test]
+fn taken_address_is_a_conflict() {
+    let (_dir, store) = open();
+    let mut txn = store.begin_write().unwrap();
+    txn.enroll_device(laptop()).unwrap();
+    let mut second = laptop();
+    second.name = "desktop".to_owned();
+    let err = txn.enroll_device(second).unwrap_err();
+    assert!(err.to_string().contains("192.0.2.10"), "{err}");
+}
+
+#[test]
+fn resource_ids_are_stable() {
+    let (_dir, store) = open();
+    let mut txn = store.begin_write().unwrap();
+    let payroll = txn.resource_id("payroll").unwrap();
+    let wiki = txn.resource_id("wiki").unwrap();
+    let again = txn.resource_id("payroll").unwrap();
+    txn.commit().unwrap();
+    assert_eq!(payroll, 1);
+    assert_eq!(wiki, 2);
+    assert_eq!(again, payroll);
+    assert_eq!(store.resource_id("wiki").unwrap(), Some(2));
+}
+
+#[test]
+fn aborted_write_leaves_nothing() {
+    let (_dir, store) = open();
+    let mut txn = store.begin_write().unwrap();
+    txn.enroll_device(laptop()).unwrap();
+    txn.audit(AuditEntry {
+        kind: AuditKind::Enrollment,
+        actor: "admin:uid=0".to_owned(),
+        device_id: Some(1),
+        resource_id: None,
+        detail: "enrolled laptop".to_owned(),
+    })
+    .unwrap();
+    txn.abort().unwrap();
+    assert!(store.devices().unwrap().is_empty());
+    assert!(store.audit_tail(10).unwrap().is_empty());
+}
+
+#[test]
+fn audit_positions_increase() {
+    let (_dir, store) = open();
+    for index in 0..3 {
+        let mut txn = store.begin_write().unwrap();
+        txn.audit(AuditEntry {
+            kind: AuditKind::Grant,
+            actor: "daemon".to_owned(),
+            device_id: Some(index),
+            resource_id: Some(1),
+            detail: String::new(),
+        })
+        .unwrap();
+        txn.commit().unwrap();
+    }
+    let seqs: Vec<u64> = store.audit(0, 10).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let tail: Vec<u64> = store.audit_tail(2).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(tail, vec![2, 3]);
+}
+
+#[test]
+fn removing_device_removes_its_sessions() {
+    let (_dir, store) = open();
+    let mut txn = store.begin_write().unwrap();
+    let device = txn.enroll_device(laptop()).unwrap();
+    let start = Instant {
+        wall_unix_ns: 1,
+        boot_ns: 1,
+        boot_id: "a".to_owned(),
+    };
+    for resource_id in [1, 2] {
+        txn.put_session(&SessionRecord {
+            device_id: device.id,
+            resource_id,
+            start: start.clone(),
+            source: GrantSource::SignIn,
+            user: None,
+            amr: Vec::new(),
+            acr: None,
+        })
+        .unwrap();
+    }
+    let (_, removed) = txn.remove_device(device.id).unwrap();
+    txn.commit().unwrap();
+    assert_eq!(removed.len(), 2);
+    assert!(store.sessions().unwrap().is_empty());
+    assert_eq!(
+        store
+            .device_by_address("192.0.2.10".parse().unwrap())
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn pending_login_is_single_use() {
+    let (_dir, store) = open();
+    let login = PendingLogin {
+        state: "s1".to_owned(),
+        nonce: "n1".to_owned(),
+        pkce_verifier: "v1".to_owned(),
+        device_id: Some(1),
+        return_to: None,
+        created_unix_ms: 1_000,
+        expires_unix_ms: 2_000,
+    };
+    store.put_pending_login(&login).unwrap();
+    assert_eq!(store.take_pending_login("s1", 1_500).unwrap(), Some(login));
+    assert_eq!(store.take_pending_login("s1", 1_500).unwrap(), None);
+}
+
+#[test]
+fn expired_pending_login_is_rejected() {
+    let (_dir, store) = open();
+    let login = PendingLogin {
+        state: "s2".to_owned(),
+        nonce: "n".to_owned(),
+        pkce_verifier: "v".to_owned(),
+        device_id: None,
+        return_to: None,
+        created_unix_ms: 1_000,
+        expires_unix_ms: 2_000,
+    };
+    store.put_pending_login(&login).unwrap();
+    assert_eq!(store.take_pending_login("s2", 2_000).unwrap(), None);
+}
