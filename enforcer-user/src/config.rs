@@ -28,7 +28,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// How the XDP program is attached; `ip -d link` shows `xdp` (native) or `xdpgeneric` (skb).
+/// XDP attach mode. `ip -d link` shows `xdp` for native mode and `xdpgeneric` for skb mode.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
@@ -75,7 +75,7 @@ pub struct Config {
     pub link_kind: LinkKind,
     #[serde(default)]
     pub xdp_mode: XdpAttachMode,
-    /// bpffs folder under which `<interface>/` holds the pinned link and maps.
+    /// bpffs folder whose `<interface>/` subfolder contains the pinned link and maps.
     #[serde(default = "default_pin_root")]
     pub pin_root: PathBuf,
     /// Policy file (TOML), reloaded on SIGHUP and `enforcer reload`.
@@ -90,7 +90,7 @@ pub struct Config {
     pub idp: toml::Table,
 }
 
-/// Where the state lives.
+/// State store settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -170,7 +170,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Folder that holds this interface's pinned link and maps.
+    /// Folder that contains this interface's pinned link and maps.
     pub fn pin_folder(&self) -> PathBuf {
         self.pin_root.join(&self.interface)
     }
