@@ -12,16 +12,22 @@ use anyhow::{Context as _, anyhow};
 /// Toolchain passed to `rustup run`: Debian's rustc-web and cargo-web under `/usr`.
 const EBPF_TOOLCHAIN: &str = "/usr";
 
+/// Objects that user space embeds, one per bin of `enforcer-ebpf`.
+const OBJECTS: &[&str] = &["enforcer", "bench-floor"];
+
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
-    let object = out_dir.join("enforcer");
     println!("cargo:rerun-if-changed=../common/src");
     println!("cargo:rerun-if-changed=../enforcer-ebpf/src");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
 
     if let Some(reason) = skip_reason() {
-        println!("cargo:warning=writing an empty XDP object: {reason}");
-        fs::write(&object, []).with_context(|| format!("failed to write {}", object.display()))?;
+        println!("cargo:warning=writing empty XDP objects: {reason}");
+        for name in OBJECTS {
+            let object = out_dir.join(name);
+            fs::write(&object, [])
+                .with_context(|| format!("failed to write {}", object.display()))?;
+        }
         return Ok(());
     }
 

@@ -1,0 +1,684 @@
+//! The results as text tables on stdout and as the benchmark page with SVG plots.
+
+use std::{fmt::Write as _, fs, path::Path, process::Command};
+
+use anyhow::Context as _;
+
+use crate::{
+    MapFigures, Settings,
+    measure::{Bench, Summary, Variant},
+    nft::NftLayout,
+    variants::{Layout, plan_label, si},
+};
+
+/// Live session hit over the floor at the largest maps, in nanoseconds.
+const MAX_HIT_OVER_FLOOR_NS: f64 = 30.0;
+/// Cost at the largest session map over the cost at the smallest.
+const MAX_SESSION_SCALING: f64 = 1.2;
+/// Enforcer's cost over its floor as a fraction of nftables' cost over its floor.
+const MAX_NFT_FRACTION: f64 = 1.0 / 3.0;
+/// Time to write the largest session map.
+const MAX_RECONCILE_SECONDS: f64 = 2.0;
+/// A difference over the floor below this is within the timer's resolution, so ratios of it
+/// are not reported.
+const MIN_RATIO_DENOMINATOR_NS: f64 = 1.0;
+
+/// Everything a report is made of.
+pub struct Results<'a> {
+    pub settings: &'a Settings,
+    pub bench: &'a Bench,
+    pub layout: &'a Layout,
+    pub nft: Option<&'a NftLayout>,
+    pub map_figures: &'a MapFigures,
+}
+
+/// Column names of every variant table.
+pub const VARIANT_COLUMNS: [&str; 9] = [
+    "group",
+    "variant",
+    "ns/packet",
+    "min",
+    "max",
+    "over floor",
+    "over floor min",
+    "over floor max",
+    "verdict",
+];
+
+/// Column names of the figures table.
+pub const FIGURE_COLUMNS: [&str; 4] = ["figure", "target", "measured", "met"];
+
+/// One checked figure.
+struct Figure {
+    name: String,
+    target: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+impl Figure {
+    fn met_text(&self) -> &'static str {
+        match self.met {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "not measured",
+        }
+    }
+}
+
+fn format_ns(value: f64) -> String {
+    format!("{value:.1}")
+}
+
+fn variant_row(bench: &Bench, variant: &Variant) -> Vec<String> {
+    let summary = Summary::of(&variant.samples);
+    let (over_median, over_min, over_max) = match variant.floor {
+        Some(floor) => {
+            let over = variant.over_floor(&bench.variants[floor]);
+            (
+                format_ns(over.median),
+                format_ns(over.min),
+                format_ns(over.max),
+            )
+        }
+        None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+    };
+    let verdict = match &variant.invalid {
+        Some(problem) => format!("wrong: {problem}"),
+        None => "ok".to_owned(),
+    };
+    vec![
+        variant.group.to_owned(),
+        variant.name.clone(),
+        format_ns(summary.median),
+        format_ns(summary.min),
+        format_ns(summary.max),
+        over_median,
+        over_min,
+        over_max,
+        verdict,
+    ]
+}
+
+fn markdown_table(columns: &[&str], rows: &[Vec<String>]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "| {} |", columns.join(" | "));
+    let separators: Vec<&str> = columns.iter().map(|_| "---").collect();
+    let _ = writeln!(text, "| {} |", separators.join(" | "));
+    for row in rows {
+        let _ = writeln!(text, "| {} |", row.join(" | "));
+    }
+    text
+}
+
+fn variant_table(bench: &Bench, indices: &[usize]) -> String {
+    let rows: Vec<Vec<String>> = indices
+        .iter()
+        .map(|&index| variant_row(bench, &bench.variants[index]))
+        .collect();
+    markdown_table(&VARIANT_COLUMNS, &rows)
+}
+
+fn over_floor(bench: &Bench, index: usize) -> Option<Summary> {
+    let variant = &bench.variants[index];
+    let floor = variant.floor?;
+    if variant.invalid.is_some() {
+        return None;
+    }
+    Some(variant.over_floor(&bench.variants[floor]))
+}
+
+fn figures(results: &Results) -> Vec<Figure> {
+    let bench = results.bench;
+    let layout = results.layout;
+    let mut figures = Vec::new();
+    let default_label = plan_label(&bench.enforcers[layout.default_enforcer]);
+
+    let default_scale = layout
+        .scale
+        .iter()
+        .find(|(fixture, _, _)| *fixture == layout.default_enforcer);
+    if let Some(&(_, hot, cold)) = default_scale {
+        for (index, flows) in [
+            (hot, "one flow".to_owned()),
+            (cold, format!("{} flows", results.settings.cold_flows)),
+        ] {
+            let over = over_floor(bench, index);
+            figures.push(Figure {
+                name: format!("live session hit over floor, {default_label}, {flows}"),
+                target: format!("<= {MAX_HIT_OVER_FLOOR_NS} ns"),
+                measured: over.map_or("invalid verdict".to_owned(), |over| {
+                    format!("{} ns", format_ns(over.median))
+                }),
+                met: over.map(|over| over.median <= MAX_HIT_OVER_FLOOR_NS),
+            });
+        }
+    }
+
+    figures.extend(session_scaling(results));
+    figures.push(nft_figure(results));
+
+    let map = results.map_figures;
+    let seconds = map.fill.as_secs_f64();
+    figures.push(Figure {
+        name: format!(
+            "write {} sessions into the empty map ({}), the kernel part of reconcile",
+            si(map.sessions),
+            if map.batched {
+                "BPF_MAP_UPDATE_BATCH"
+            } else {
+                "one call per session"
+            }
+        ),
+        target: format!("< {MAX_RECONCILE_SECONDS} s"),
+        measured: format!("{seconds:.3} s"),
+        met: Some(seconds < MAX_RECONCILE_SECONDS),
+    });
+    figures.push(Figure {
+        name: "packet right after removing its session is denied".to_owned(),
+        target: "denied".to_owned(),
+        measured: if map.revoke_denies_next_packet {
+            "denied"
+        } else {
+            "passed"
+        }
+        .to_owned(),
+        met: Some(map.revoke_denies_next_packet),
+    });
+    figures.push(Figure {
+        name: "allowed-traffic cost change during a punt storm".to_owned(),
+        target: "< 10 %".to_owned(),
+        measured: "not measured: the XDP program has no punt path yet".to_owned(),
+        met: None,
+    });
+    figures
+}
+
+/// Cost at the largest over the smallest session map, at the largest prefix count.
+fn session_scaling(results: &Results) -> Vec<Figure> {
+    let bench = results.bench;
+    let layout = results.layout;
+    let max_prefixes = bench.enforcers[layout.default_enforcer].plan.prefixes;
+    let at_max_prefixes: Vec<&(usize, usize, usize)> = layout
+        .scale
+        .iter()
+        .filter(|(fixture, _, _)| bench.enforcers[*fixture].plan.prefixes == max_prefixes)
+        .collect();
+    let (Some(smallest), Some(largest)) = (at_max_prefixes.first(), at_max_prefixes.last()) else {
+        return Vec::new();
+    };
+    if smallest.0 == largest.0 {
+        return Vec::new();
+    }
+    let small = si(bench.enforcers[smallest.0].plan.sessions);
+    let large = si(bench.enforcers[largest.0].plan.sessions);
+    let mut figures = Vec::new();
+    for (flows, small_index, large_index) in [
+        ("one flow".to_owned(), smallest.1, largest.1),
+        (
+            format!("{} flows", results.settings.cold_flows),
+            smallest.2,
+            largest.2,
+        ),
+    ] {
+        let name = format!("cost at {large} over cost at {small} sessions, {flows}");
+        let target = format!("<= {MAX_SESSION_SCALING}");
+        let (Some(small_over), Some(large_over)) = (
+            over_floor(bench, small_index),
+            over_floor(bench, large_index),
+        ) else {
+            figures.push(Figure {
+                name,
+                target,
+                measured: "invalid verdict".to_owned(),
+                met: None,
+            });
+            continue;
+        };
+        if small_over.median < MIN_RATIO_DENOMINATOR_NS {
+            figures.push(Figure {
+                name,
+                target,
+                measured: format!(
+                    "{} ns vs {} ns; the smaller cost is within timer resolution",
+                    format_ns(large_over.median),
+                    format_ns(small_over.median)
+                ),
+                met: Some(large_over.median - small_over.median < MIN_RATIO_DENOMINATOR_NS),
+            });
+            continue;
+        }
+        let ratio = large_over.median / small_over.median;
+        figures.push(Figure {
+            name,
+            target,
+            measured: format!(
+                "{ratio:.2} ({} ns vs {} ns)",
+                format_ns(large_over.median),
+                format_ns(small_over.median)
+            ),
+            met: Some(ratio <= MAX_SESSION_SCALING),
+        });
+    }
+    figures
+}
+
+fn nft_figure(results: &Results) -> Figure {
+    let name = "enforcer over floor / nftables over floor, live session hit".to_owned();
+    let target = "<= 0.33".to_owned();
+    let Some(nft) = results.nft else {
+        return Figure {
+            name,
+            target,
+            measured: "not measured: --no-nft".to_owned(),
+            met: None,
+        };
+    };
+    let Some(&(_, enforcer, nftables)) = nft.cases.first() else {
+        return Figure {
+            name,
+            target,
+            measured: "no comparison variant".to_owned(),
+            met: None,
+        };
+    };
+    let (Some(enforcer_over), Some(nft_over)) = (
+        over_floor(results.bench, enforcer),
+        over_floor(results.bench, nftables),
+    ) else {
+        return Figure {
+            name,
+            target,
+            measured: "invalid verdict".to_owned(),
+            met: None,
+        };
+    };
+    if nft_over.median < MIN_RATIO_DENOMINATOR_NS {
+        return Figure {
+            name,
+            target,
+            measured: format!(
+                "nftables costs {} ns over its floor, within noise",
+                format_ns(nft_over.median)
+            ),
+            met: None,
+        };
+    }
+    let ratio = enforcer_over.median / nft_over.median;
+    Figure {
+        name,
+        target,
+        measured: format!(
+            "{ratio:.2} ({} ns vs {} ns)",
+            format_ns(enforcer_over.median),
+            format_ns(nft_over.median)
+        ),
+        met: Some(ratio <= MAX_NFT_FRACTION),
+    }
+}
+
+fn figures_table(figures: &[Figure]) -> String {
+    let rows: Vec<Vec<String>> = figures
+        .iter()
+        .map(|figure| {
+            vec![
+                figure.name.clone(),
+                figure.target.clone(),
+                figure.measured.clone(),
+                figure.met_text().to_owned(),
+            ]
+        })
+        .collect();
+    markdown_table(&FIGURE_COLUMNS, &rows)
+}
+
+fn map_table(map: &MapFigures) -> String {
+    let single_rate = map.single_writes as f64 / map.single_elapsed.as_secs_f64();
+    let batched_rate = map.sessions as f64 / map.fill.as_secs_f64();
+    let rows = vec![
+        vec![
+            format!(
+                "write {} existing sessions, one BPF_MAP_UPDATE_ELEM each",
+                si(map.single_writes)
+            ),
+            format!("{:.3} s", map.single_elapsed.as_secs_f64()),
+            format!("{single_rate:.0} per second"),
+        ],
+        vec![
+            format!(
+                "write {} sessions into the empty map, {}",
+                si(map.sessions),
+                if map.batched {
+                    "batches of 65536"
+                } else {
+                    "one call each"
+                }
+            ),
+            format!("{:.3} s", map.fill.as_secs_f64()),
+            format!("{batched_rate:.0} per second"),
+        ],
+    ];
+    markdown_table(&["session map writes", "time", "rate"], &rows)
+}
+
+/// Returns the text printed on stdout: every variant, then the figures and map writes.
+pub fn text(results: &Results) -> String {
+    let all: Vec<usize> = (0..results.bench.variants.len()).collect();
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "\n## Variants ({} rounds, ns per packet from BPF_PROG_TEST_RUN)\n",
+        results.settings.rounds
+    );
+    text.push_str(&variant_table(results.bench, &all));
+    let _ = writeln!(text, "\n## Figures\n");
+    text.push_str(&figures_table(&figures(results)));
+    let _ = writeln!(text, "\n## Session map writes\n");
+    text.push_str(&map_table(results.map_figures));
+    text
+}
+
+/// Writes the benchmark page to `page` and its plots to a `benchmarks` folder beside it.
+pub fn write_page(results: &Results, page: &Path) -> anyhow::Result<()> {
+    let folder = page
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("benchmarks");
+    fs::create_dir_all(&folder)
+        .with_context(|| format!("failed to create {}", folder.display()))?;
+    let bench = results.bench;
+    let layout = results.layout;
+
+    let case_indices: Vec<usize> = layout
+        .floors
+        .iter()
+        .map(|(_, index)| *index)
+        .chain(layout.cases.iter().map(|(_, _, index)| *index))
+        .collect();
+    let scale_indices: Vec<usize> = std::iter::once(layout.floor_cold)
+        .chain(layout.scale.iter().flat_map(|(_, hot, cold)| [*hot, *cold]))
+        .collect();
+    let nft_indices: Vec<usize> = results
+        .nft
+        .map(|nft| {
+            std::iter::once(nft.stack_floor)
+                .chain(nft.cases.iter().flat_map(|(_, a, b)| [*a, *b]))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let plots = [
+        (
+            "cases.svg",
+            "Verdict cases over the floor, one flow",
+            &layout
+                .cases
+                .iter()
+                .map(|(_, _, index)| *index)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "scale.svg",
+            "Live session hit over the floor by map size",
+            &layout
+                .scale
+                .iter()
+                .flat_map(|(_, hot, cold)| [*hot, *cold])
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "nftables.svg",
+            "Over the stack floor, live frames",
+            &results
+                .nft
+                .map(|nft| {
+                    nft.cases
+                        .iter()
+                        .flat_map(|(_, a, b)| [*a, *b])
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        ),
+    ];
+    for (file, title, indices) in &plots {
+        if indices.is_empty() {
+            continue;
+        }
+        let bars: Vec<Bar> = indices
+            .iter()
+            .filter_map(|&index| {
+                let over = over_floor(bench, index)?;
+                Some(Bar {
+                    label: bench.variants[index].name.clone(),
+                    value: over.median,
+                    low: over.min,
+                    high: over.max,
+                })
+            })
+            .collect();
+        let path = folder.join(file);
+        fs::write(&path, bar_chart(title, &bars))
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
+
+    let mut text = String::new();
+    page_header(&mut text, results);
+    let _ = writeln!(text, "## Figures\n");
+    text.push_str(&figures_table(&figures(results)));
+    text.push_str(&page_method(results));
+    let _ = writeln!(text, "\n## Data path: verdict cases\n");
+    let _ = writeln!(
+        text,
+        "![verdict cases over the floor](benchmarks/cases.svg)\n"
+    );
+    text.push_str(&variant_table(bench, &case_indices));
+    let _ = writeln!(text, "\n## Data path: map sizes, hot and cold\n");
+    let _ = writeln!(
+        text,
+        "![live session hit by map size](benchmarks/scale.svg)\n"
+    );
+    text.push_str(&variant_table(bench, &scale_indices));
+    if let Some(nft) = results.nft {
+        let _ = writeln!(text, "\n## Versus nftables\n");
+        let _ = writeln!(
+            text,
+            "The nftables set holds the same {} sessions as (device address . resource address . port) elements with a 24-hour timeout each, and an interval set holds the {} IPv4 resource prefixes; loading them with `nft -f` took {:.1} s. The rule is `ip daddr @protected ip saddr . ip daddr . tcp dport != @sessions drop` at prerouting, priority raw.\n",
+            si(nft.elements),
+            si(nft.prefixes),
+            nft.load_time.as_secs_f64()
+        );
+        let _ = writeln!(text, "![over the stack floor](benchmarks/nftables.svg)\n");
+        text.push_str(&variant_table(bench, &nft_indices));
+    }
+    let _ = writeln!(text, "\n## Control plane\n");
+    text.push_str(&map_table(results.map_figures));
+    text.push_str(PAGE_GAPS);
+
+    fs::write(page, text).with_context(|| format!("failed to write {}", page.display()))?;
+    Ok(())
+}
+
+fn page_header(text: &mut String, results: &Results) {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split(':').nth(1))
+                .map(|model| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, |count| count.get());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+
+    let _ = writeln!(text, "# Benchmarks\n");
+    let _ = writeln!(
+        text,
+        "This page is written by `{}`; rerun it to refresh every number and plot.\n",
+        results.settings.command
+    );
+    let _ = writeln!(text, "| | |\n| --- | --- |");
+    let _ = writeln!(text, "| command | `{}` |", results.settings.command);
+    let _ = writeln!(text, "| date | {date} |");
+    let _ = writeln!(text, "| CPUs (`nproc`) | {cpus} |");
+    let _ = writeln!(text, "| CPU model | {cpu} |");
+    let _ = writeln!(text, "| kernel (`uname -r`) | {kernel} |");
+    let _ = writeln!(
+        text,
+        "| rounds | {} interleaved, {} packets per hot measurement, {} passes over {} flows per cold measurement |\n",
+        results.settings.rounds,
+        results.settings.repeat,
+        results.settings.cold_passes,
+        results.settings.cold_flows
+    );
+}
+
+fn page_method(results: &Results) -> String {
+    format!(
+        "
+## Method
+
+All programs are measured with `BPF_PROG_TEST_RUN`, whose duration is the kernel's own mean time
+per run in nanoseconds: it times only the program runs and stops its timer while the thread is
+rescheduled. The machine is shared, so every round measures every variant once, the rounds
+interleave all variants with a rotating start, and the tables give the median and the range
+over rounds. \"over floor\" is the median of the per-round differences between a variant and
+its floor measured in the same round, so slow moments of the machine cancel out.
+
+- **floor**: `bench_floor`, an XDP program that returns `XDP_PASS` without reading the frame.
+- **one flow (hot)**: one frame repeated {repeat} times by the kernel, so maps and frame stay in
+  cache.
+- **{flows} flows (cold)**: `BPF_PROG_TEST_RUN` repeats a single frame, so the cold case issues
+  one run with repeat 1 per frame and cycles {passes} times through {flows} frames of different
+  TCP flows spread over distinct (device, resource) sessions. The kernel copies each frame into
+  a fresh buffer, as a NIC would, and consecutive lookups hit different hash buckets. Its floor
+  is the floor program run the same way, which also carries the per-run timer cost. With fewer
+  sessions than flows, the flows share the sessions.
+- Map sizes are set at load time: `SESSIONS` holds exactly the stated number of sessions, each
+  LPM trie the stated number of prefixes. Sessions are written with `BPF_MAP_UPDATE_BATCH`.
+  Probe frames use the documentation ranges (devices 192.0.2.0/24 and 203.0.113.0/24, resources
+  198.51.100.1 to .9, IPv6 in 2001:db8::/32); filler entries that only size the maps use the
+  benchmarking range 198.18.0.0/15 and never appear in a frame.
+- **Versus nftables**: frames are injected with `BPF_F_TEST_XDP_LIVE_FRAMES` on a veth in a
+  namespace created for the run, {live} frames per measurement. The floor program passes them
+  into the stack, where the nftables rule filters them; the enforcer filters them in XDP and
+  passes allowed frames into a namespace without rules. Both are compared with the floor
+  program in the namespace without rules. Passed frames end at a blackhole route.
+",
+        repeat = results.settings.repeat,
+        flows = results.settings.cold_flows,
+        passes = results.settings.cold_passes,
+        live = results.settings.live_repeat,
+    )
+}
+
+const PAGE_GAPS: &str = "
+The rates above are the kernel side of a grant and of reconcile: map writes only, without the
+store, the policy or the admin API.
+
+## Not measured yet
+
+- Daemon figures: grants per second through the admin API one at a time and batched, the time
+  `enforcer run` takes to reconcile 1 million sessions from the store, the time from
+  `session revoke` returning to the first denied packet, and from the identity provider's
+  callback to the first passing packet. They need the daemon, which the harness does not drive
+  yet; the map-level figures above bound them from below.
+- Punt storm: the cost of allowed traffic while every other packet hits an expired session,
+  and punt events per second reaching user space, need the XDP program's punt ring buffer.
+- A parse-only variant, which needs the XDP program's parser as a reusable module.
+- Line-rate figures: this kernel has no pktgen. `scripts/pktgen.sh` drives Linux pktgen on a
+  real host and reports Mpps per verdict from the enforcer's counters.
+";
+
+/// One bar of a chart: the median with its range.
+struct Bar {
+    label: String,
+    value: f64,
+    low: f64,
+    high: f64,
+}
+
+/// Draws a horizontal bar chart of `bars` in nanoseconds, with a whisker for each range.
+fn bar_chart(title: &str, bars: &[Bar]) -> String {
+    const WIDTH: f64 = 960.0;
+    const LABEL_WIDTH: f64 = 470.0;
+    const ROW: f64 = 24.0;
+    const TOP: f64 = 48.0;
+    let plot_width = WIDTH - LABEL_WIDTH - 40.0;
+    let height = TOP + ROW * bars.len() as f64 + 40.0;
+    let min = bars.iter().map(|bar| bar.low).fold(0.0, f64::min);
+    let max = bars.iter().map(|bar| bar.high).fold(1.0, f64::max);
+    let x = |value: f64| LABEL_WIDTH + (value - min) / (max - min) * plot_width;
+
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="10" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    let zero = x(0.0);
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{zero:.1}" y1="{}" x2="{zero:.1}" y2="{:.1}" stroke="#444"/>"##,
+        TOP - 6.0,
+        height - 34.0
+    );
+    for (row, bar) in bars.iter().enumerate() {
+        let y = TOP + ROW * row as f64;
+        let (start, end) = (x(bar.value.min(0.0)), x(bar.value.max(0.0)));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LABEL_WIDTH - 8.0,
+            y + 15.0,
+            escape(&bar.label)
+        );
+        let _ = writeln!(
+            svg,
+            r##"<rect x="{start:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="#4a7ab5"/>"##,
+            y + 4.0,
+            (end - start).max(1.0),
+            ROW - 8.0
+        );
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#222"/>"##,
+            x(bar.low),
+            y + 12.0,
+            x(bar.high),
+            y + 12.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}">{:.1}</text>"#,
+            end.max(x(bar.high)) + 4.0,
+            y + 15.0,
+            bar.value
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LABEL_WIDTH}" y="{:.1}">ns per packet over the floor; bar: median, line: range over rounds</text>"#,
+        height - 12.0
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
