@@ -71,8 +71,13 @@ fn bench_quick_writes_tables() {
     let stdout = String::from_utf8(output.stdout).expect("stdout is UTF-8");
 
     let variants = table_rows(&stdout, VARIANT_HEADER);
-    // 4 floors, hot and cold hits for 4 fixtures, 11 more verdict cases, 5 live-frame variants.
-    assert_eq!(variants.len(), 4 + 8 + 11 + 5, "variant rows:\n{stdout}");
+    // 4 floors, the clock probe, hot and cold hits for 4 fixtures, 11 more verdict cases and
+    // 5 live-frames variants.
+    assert_eq!(
+        variants.len(),
+        4 + 1 + 8 + 11 + 5,
+        "variant rows:\n{stdout}"
+    );
     for row in &variants {
         assert_eq!(row.len(), 9, "variant row {row:?}");
         for cell in &row[2..8] {

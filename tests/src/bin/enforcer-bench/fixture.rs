@@ -273,22 +273,33 @@ impl EnforcerFixture {
     }
 }
 
-/// The floor object: a program that passes every frame.
-pub struct FloorFixture {
+/// A single-program benchmark object: the floor or the clock probe.
+pub struct ProbeFixture {
     pub ebpf: Ebpf,
+    program: &'static str,
 }
 
-impl FloorFixture {
-    pub fn load() -> anyhow::Result<Self> {
+impl ProbeFixture {
+    /// Loads the floor, the program that passes every frame without reading it.
+    pub fn floor() -> anyhow::Result<Self> {
+        Self::load(bench_objects::floor_object()?, bench_objects::FLOOR_PROGRAM)
+    }
+
+    /// Loads the clock probe, the program that reads the boot clock once and passes the frame.
+    pub fn clock() -> anyhow::Result<Self> {
+        Self::load(bench_objects::clock_object()?, bench_objects::CLOCK_PROGRAM)
+    }
+
+    fn load(object: &[u8], program: &'static str) -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            .load(bench_objects::floor_object()?)
-            .context("failed to load the floor object")?;
-        load_program(&mut ebpf, bench_objects::FLOOR_PROGRAM)?;
-        Ok(Self { ebpf })
+            .load(object)
+            .with_context(|| format!("failed to load the object of {program}"))?;
+        load_program(&mut ebpf, program)?;
+        Ok(Self { ebpf, program })
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
-        program(&self.ebpf, bench_objects::FLOOR_PROGRAM)
+        program(&self.ebpf, self.program)
     }
 }
 

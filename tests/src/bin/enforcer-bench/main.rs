@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use clap::Parser;
 
 use crate::{
-    fixture::{EnforcerFixture, FloorFixture, Plan},
+    fixture::{EnforcerFixture, Plan, ProbeFixture},
     measure::Bench,
 };
 
@@ -87,14 +87,14 @@ impl Options {
             .unwrap_or_else(|| vec![10, 1_000, pick(10_000, 2_000)]);
         sessions.sort_unstable();
         prefixes.sort_unstable();
-        let rounds = self.rounds.unwrap_or(pick(9, 5));
+        let rounds = self.rounds.unwrap_or(pick(11, 5));
         anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
         anyhow::ensure!(!sessions.is_empty(), "--sessions needs at least one size");
         anyhow::ensure!(!prefixes.is_empty(), "--prefixes needs at least one count");
         Ok(Settings {
             quick,
             rounds,
-            repeat: self.repeat.unwrap_or(pick(1_000_000, 20_000) as u32),
+            repeat: self.repeat.unwrap_or(pick(2_000_000, 20_000) as u32),
             cold_flows: self.cold_flows.unwrap_or(4096),
             cold_passes: self.cold_passes.unwrap_or(pick(4, 1)),
             sessions,
@@ -125,7 +125,8 @@ fn main() -> anyhow::Result<()> {
     enforcer_tests::require_root();
 
     let mut bench = Bench {
-        floor: FloorFixture::load()?,
+        floor: ProbeFixture::floor()?,
+        clock: ProbeFixture::clock()?,
         enforcers: Vec::new(),
         namespaces: Vec::new(),
         variants: Vec::new(),
@@ -156,6 +157,9 @@ fn main() -> anyhow::Result<()> {
     };
 
     bench.validate()?;
+    if let Some(nft) = &nft {
+        nft::check_verdicts(&mut bench, nft)?;
+    }
     bench.run_rounds(settings.rounds)?;
     let map_figures = measure_map_figures(&mut bench, &layout)?;
 

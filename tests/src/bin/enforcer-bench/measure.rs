@@ -10,7 +10,7 @@ use aya::{
 use common::{counters, map_names};
 use enforcer_tests::Netns;
 
-use crate::fixture::{EnforcerFixture, FloorFixture};
+use crate::fixture::{EnforcerFixture, ProbeFixture};
 
 /// XDP actions from `enum xdp_action` in the kernel's `uapi/linux/bpf.h`.
 pub const XDP_DROP: u32 = 1;
@@ -23,6 +23,7 @@ const LIVE_BATCH: u32 = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgramRef {
     Floor,
+    Clock,
     Enforcer(usize),
 }
 
@@ -71,7 +72,8 @@ pub struct Variant {
 
 /// Everything the variants refer to.
 pub struct Bench {
-    pub floor: FloorFixture,
+    pub floor: ProbeFixture,
+    pub clock: ProbeFixture,
     pub enforcers: Vec<EnforcerFixture>,
     pub namespaces: Vec<Netns>,
     pub variants: Vec<Variant>,
@@ -112,6 +114,7 @@ impl Bench {
     fn xdp(&self, program: ProgramRef) -> anyhow::Result<&Xdp> {
         match program {
             ProgramRef::Floor => self.floor.program(),
+            ProgramRef::Clock => self.clock.program(),
             ProgramRef::Enforcer(index) => self.enforcers[index].program(),
         }
     }
@@ -164,7 +167,7 @@ impl Bench {
         Ok(None)
     }
 
-    /// Returns the verdict counters of `program` summed over CPUs; zeros for the floor.
+    /// Returns the verdict counters of `program` summed over CPUs; zeros for the probes.
     fn counters(&self, program: ProgramRef) -> anyhow::Result<[u64; counters::COUNT as usize]> {
         let mut totals = [0u64; counters::COUNT as usize];
         let ProgramRef::Enforcer(index) = program else {
@@ -202,6 +205,24 @@ impl Bench {
                 started.elapsed().as_secs_f64()
             );
         }
+        Ok(())
+    }
+
+    /// Injects the first frame of live variant `index` once into its namespace's stack.
+    pub fn inject_once(&self, index: usize) -> anyhow::Result<()> {
+        let variant = &self.variants[index];
+        let live = variant
+            .live
+            .with_context(|| format!("{} is not a live-frames variant", variant.name))?;
+        let xdp = self.xdp(variant.program)?;
+        let _inside = self.namespaces[live.netns].enter()?;
+        let context = XdpMd {
+            data_end: variant.frames[0].len() as u32,
+            ingress_ifindex: live.ifindex,
+            ..Default::default()
+        };
+        run(xdp, &variant.frames[0], 1, Some(context.as_bytes()), true)
+            .with_context(|| format!("live injection of {} failed", variant.name))?;
         Ok(())
     }
 

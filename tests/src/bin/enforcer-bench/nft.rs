@@ -2,8 +2,8 @@
 //! fed the same frames through the same path as the enforcer.
 //!
 //! Frames enter with `BPF_F_TEST_XDP_LIVE_FRAMES` on a veth in a namespace this module
-//! creates. The floor program passes them into that namespace's network stack, where the
-//! nftables ruleset filters them at prerouting; the enforcer filters them in XDP and passes
+//! creates. For nftables, the floor program passes them into that namespace's network stack,
+//! where the ruleset filters them at prerouting. The enforcer filters them in XDP and passes
 //! allowed frames into a namespace without rules. Both are compared with the floor program in
 //! the namespace without rules. Passed frames end at a blackhole route, so none leaves the
 //! namespace.
@@ -34,11 +34,66 @@ const ELEMENTS_PER_COMMAND: usize = 50_000;
 /// Indices of the comparison's variants and how the set was loaded.
 pub struct NftLayout {
     pub stack_floor: usize,
-    /// (label, enforcer variant, nftables variant)
-    pub cases: Vec<(&'static str, usize, usize)>,
+    /// (case, label, enforcer variant, nftables variant)
+    pub cases: Vec<(Case, &'static str, usize, usize)>,
     pub elements: usize,
     pub prefixes: usize,
     pub load_time: Duration,
+}
+
+/// Table and chain that count the frames the benchmark rule let through, present only while
+/// the nftables verdicts are checked.
+const CHECK_TABLE: &str = "enforcer_bench_check";
+const CHECK_CHAIN: &str = "survivors";
+
+/// Checks that the nftables rule passes the hit frame and drops the denied one, by injecting
+/// each once while a counter after the rule runs, and marks the variants that differ.
+pub fn check_verdicts(bench: &mut Bench, layout: &NftLayout) -> anyhow::Result<()> {
+    let Some(&(_, _, _, first)) = layout.cases.first() else {
+        return Ok(());
+    };
+    let Some(live) = bench.variants[first].live else {
+        return Ok(());
+    };
+    let netns = &bench.namespaces[live.netns];
+    netns.exec(&["nft", "add", "table", "ip", CHECK_TABLE])?;
+    netns.exec(&[
+        "nft",
+        "add chain ip",
+        CHECK_TABLE,
+        CHECK_CHAIN,
+        "{ type filter hook prerouting priority -299; policy accept; }",
+    ])?;
+    netns.exec(&["nft", "add rule ip", CHECK_TABLE, CHECK_CHAIN, "counter"])?;
+
+    let mut problems = Vec::new();
+    for &(case, _, _, variant) in &layout.cases {
+        let before = survivors(&bench.namespaces[live.netns])?;
+        bench.inject_once(variant)?;
+        let after = survivors(&bench.namespaces[live.netns])?;
+        let passed = after > before;
+        let expected = case == Case::Hit;
+        if passed != expected {
+            let verb = if passed { "passed" } else { "dropped" };
+            problems.push((variant, format!("nftables {verb} the frame")));
+        }
+    }
+    bench.namespaces[live.netns].exec(&["nft", "delete", "table", "ip", CHECK_TABLE])?;
+    for (variant, problem) in problems {
+        bench.variants[variant].invalid = Some(problem);
+    }
+    Ok(())
+}
+
+/// Returns the packet count of the check chain's counter.
+fn survivors(netns: &Netns) -> anyhow::Result<u64> {
+    let output = netns.exec(&["nft", "list", "chain", "ip", CHECK_TABLE, CHECK_CHAIN])?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .skip_while(|word| *word != "packets")
+        .nth(1)
+        .and_then(|count| count.parse().ok())
+        .with_context(|| format!("no packet counter in the output of nft list chain: {text}"))
 }
 
 /// Creates the two namespaces, loads the nftables ruleset with the sessions and prefixes of
@@ -113,7 +168,6 @@ pub fn add_comparison(
             Some(stack_floor),
             mode,
         ));
-        // NOTE: the nftables verdict is not checked; the rule's effect shows only as cost.
         let nft_variant = bench.push(live_variant(
             &format!("nftables, {label}"),
             ProgramRef::Floor,
@@ -123,7 +177,7 @@ pub fn add_comparison(
             Some(stack_floor),
             mode,
         ));
-        cases.push((label, enforcer_variant, nft_variant));
+        cases.push((case, label, enforcer_variant, nft_variant));
     }
 
     Ok(NftLayout {
@@ -205,7 +259,7 @@ fn prepare_namespace(netns: &Netns) -> anyhow::Result<u32> {
         .with_context(|| format!("invalid ifindex {text:?} of {INGRESS_INTERFACE}"))
 }
 
-/// The nftables form of the enforcer's policy: a protected destination needs a
+/// Returns the nftables form of the enforcer's policy: a protected destination needs a
 /// (device address, resource address, port) element with a timeout.
 fn ruleset(plan: &crate::fixture::Plan) -> String {
     let mut text = String::new();

@@ -8,7 +8,7 @@ use crate::{
     MapFigures, Settings,
     measure::{Bench, Summary, Variant},
     nft::NftLayout,
-    variants::{Layout, plan_label, si},
+    variants::{Case, Layout, Shape, plan_label, si},
 };
 
 /// Live session hit over the floor at the largest maps, in nanoseconds.
@@ -274,7 +274,7 @@ fn nft_figure(results: &Results) -> Figure {
             met: None,
         };
     };
-    let Some(&(_, enforcer, nftables)) = nft.cases.first() else {
+    let Some(&(_, _, enforcer, nftables)) = nft.cases.first() else {
         return Figure {
             name,
             target,
@@ -389,106 +389,77 @@ pub fn write_page(results: &Results, page: &Path) -> anyhow::Result<()> {
     let bench = results.bench;
     let layout = results.layout;
 
-    let case_indices: Vec<usize> = layout
-        .floors
-        .iter()
-        .map(|(_, index)| *index)
+    let case_plot: Vec<usize> = std::iter::once(layout.clock)
         .chain(layout.cases.iter().map(|(_, _, index)| *index))
         .collect();
-    let scale_indices: Vec<usize> = std::iter::once(layout.floor_cold)
-        .chain(layout.scale.iter().flat_map(|(_, hot, cold)| [*hot, *cold]))
+    let scale_plot: Vec<usize> = layout
+        .scale
+        .iter()
+        .flat_map(|(_, hot, cold)| [*hot, *cold])
         .collect();
-    let nft_indices: Vec<usize> = results
+    let nft_plot: Vec<usize> = results
         .nft
         .map(|nft| {
-            std::iter::once(nft.stack_floor)
-                .chain(nft.cases.iter().flat_map(|(_, a, b)| [*a, *b]))
+            nft.cases
+                .iter()
+                .flat_map(|(_, _, enforcer, nftables)| [*enforcer, *nftables])
                 .collect()
         })
         .unwrap_or_default();
-
     let plots = [
         (
             "cases.svg",
             "Verdict cases over the floor, one flow",
-            &layout
-                .cases
-                .iter()
-                .map(|(_, _, index)| *index)
-                .collect::<Vec<_>>(),
+            &case_plot,
         ),
         (
             "scale.svg",
             "Live session hit over the floor by map size",
-            &layout
-                .scale
-                .iter()
-                .flat_map(|(_, hot, cold)| [*hot, *cold])
-                .collect::<Vec<_>>(),
+            &scale_plot,
         ),
         (
             "nftables.svg",
             "Over the stack floor, live frames",
-            &results
-                .nft
-                .map(|nft| {
-                    nft.cases
-                        .iter()
-                        .flat_map(|(_, a, b)| [*a, *b])
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default(),
+            &nft_plot,
         ),
     ];
-    for (file, title, indices) in &plots {
+    for (file, title, indices) in plots {
         if indices.is_empty() {
             continue;
         }
-        let bars: Vec<Bar> = indices
-            .iter()
-            .filter_map(|&index| {
-                let over = over_floor(bench, index)?;
-                Some(Bar {
-                    label: bench.variants[index].name.clone(),
-                    value: over.median,
-                    low: over.min,
-                    high: over.max,
-                })
-            })
-            .collect();
         let path = folder.join(file);
-        fs::write(&path, bar_chart(title, &bars))
+        fs::write(&path, bar_chart(title, &bars(bench, indices)))
             .with_context(|| format!("failed to write {}", path.display()))?;
     }
 
+    let floors = layout.floors.iter().map(|(_, index)| *index);
+    let case_table: Vec<usize> = floors.chain(case_plot.iter().copied()).collect();
+    let scale_table: Vec<usize> = std::iter::once(layout.floor_cold)
+        .chain(scale_plot.iter().copied())
+        .collect();
+
     let mut text = String::new();
     page_header(&mut text, results);
+    let figures = figures(results);
     let _ = writeln!(text, "## Figures\n");
-    text.push_str(&figures_table(&figures(results)));
+    text.push_str(&figures_table(&figures));
+    text.push_str(&unmet_figures(results, &figures));
     text.push_str(&page_method(results));
     let _ = writeln!(text, "\n## Data path: verdict cases\n");
     let _ = writeln!(
         text,
         "![verdict cases over the floor](benchmarks/cases.svg)\n"
     );
-    text.push_str(&variant_table(bench, &case_indices));
+    text.push_str(&variant_table(bench, &case_table));
+    text.push_str(&breakdown(results));
     let _ = writeln!(text, "\n## Data path: map sizes, hot and cold\n");
     let _ = writeln!(
         text,
         "![live session hit by map size](benchmarks/scale.svg)\n"
     );
-    text.push_str(&variant_table(bench, &scale_indices));
+    text.push_str(&variant_table(bench, &scale_table));
     if let Some(nft) = results.nft {
-        let _ = writeln!(text, "\n## Versus nftables\n");
-        let _ = writeln!(
-            text,
-            "The nftables set holds the same {} sessions as (device address . resource address . port) elements with a 24-hour timeout each, and an interval set holds the {} IPv4 resource prefixes; loading them with `nft -f` took {:.1} s. The rule is `ip daddr @protected ip saddr . ip daddr . tcp dport != @sessions drop` at prerouting, priority raw.\n",
-            si(nft.elements),
-            si(nft.prefixes),
-            nft.load_time.as_secs_f64()
-        );
-        let _ = writeln!(text, "![over the stack floor](benchmarks/nftables.svg)\n");
-        text.push_str(&variant_table(bench, &nft_indices));
+        text.push_str(&nft_section(bench, nft, &nft_plot));
     }
     let _ = writeln!(text, "\n## Control plane\n");
     text.push_str(&map_table(results.map_figures));
@@ -496,6 +467,171 @@ pub fn write_page(results: &Results, page: &Path) -> anyhow::Result<()> {
 
     fs::write(page, text).with_context(|| format!("failed to write {}", page.display()))?;
     Ok(())
+}
+
+fn bars(bench: &Bench, indices: &[usize]) -> Vec<Bar> {
+    indices
+        .iter()
+        .filter_map(|&index| {
+            let over = over_floor(bench, index)?;
+            Some(Bar {
+                label: bench.variants[index].name.clone(),
+                value: over.median,
+                low: over.min,
+                high: over.max,
+            })
+        })
+        .collect()
+}
+
+fn nft_section(bench: &Bench, nft: &NftLayout, plotted: &[usize]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "\n## Versus nftables\n");
+    let _ = writeln!(
+        text,
+        "The nftables set holds the same {} sessions as (device address . resource address . port) \
+         elements with a 24-hour timeout each, and an interval set holds the {} IPv4 resource \
+         prefixes. Loading them with `nft -f` took {:.1} s. The rule is \
+         `ip daddr @protected ip saddr . ip daddr . tcp dport != @sessions drop` at prerouting, \
+         priority raw. Before measuring, a counter in a later chain checks that the rule passes \
+         the hit frame and drops the other.\n",
+        si(nft.elements),
+        si(nft.prefixes),
+        nft.load_time.as_secs_f64()
+    );
+    let _ = writeln!(text, "![over the stack floor](benchmarks/nftables.svg)\n");
+    let indices: Vec<usize> = std::iter::once(nft.stack_floor)
+        .chain(plotted.iter().copied())
+        .collect();
+    text.push_str(&variant_table(bench, &indices));
+    text
+}
+
+/// Median over-floor cost of variant `index`, when its verdict was right.
+fn cost(bench: &Bench, index: usize) -> Option<f64> {
+    over_floor(bench, index).map(|over| over.median)
+}
+
+/// Splits the IPv4 hit cost into the steps the enforcer takes, from the verdict cases that
+/// stop after each step.
+fn breakdown(results: &Results) -> String {
+    let bench = results.bench;
+    let find = |case: Case| {
+        results
+            .layout
+            .cases
+            .iter()
+            .find(|(candidate, shape, _)| *candidate == case && *shape == Shape::Ipv4)
+            .and_then(|(_, _, index)| cost(bench, *index))
+    };
+    let (Some(unprotected), Some(unknown), Some(hit)) = (
+        find(Case::Unprotected),
+        find(Case::UnknownDevice),
+        find(Case::Hit),
+    ) else {
+        return String::new();
+    };
+    let clock = cost(bench, results.layout.clock);
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "\nWhere the IPv4 hit's {} ns over the floor go, from the cases that stop earlier \
+         (differences of medians, so estimates):\n",
+        format_ns(hit)
+    );
+    let _ = writeln!(
+        text,
+        "- parsing and the prefix lookup, as for an unprotected destination: {} ns",
+        format_ns(unprotected)
+    );
+    let _ = writeln!(
+        text,
+        "- the device lookup, unknown device minus unprotected: {} ns",
+        format_ns(unknown - unprotected)
+    );
+    let clock_text = clock.map_or(String::new(), |clock| {
+        format!(
+            ", of which the `bpf_ktime_get_boot_ns()` call alone costs {} ns (the `bench_clock` probe)",
+            format_ns(clock)
+        )
+    });
+    let _ = writeln!(
+        text,
+        "- the session lookup and the clock read, hit minus unknown device: {} ns{clock_text}",
+        format_ns(hit - unknown)
+    );
+    text
+}
+
+/// Explains every figure that was not met, with its measured value and what limits it.
+fn unmet_figures(results: &Results, figures: &[Figure]) -> String {
+    let unmet: Vec<&Figure> = figures.iter().filter(|f| f.met == Some(false)).collect();
+    if unmet.is_empty() {
+        return String::new();
+    }
+    let cache = cache_sizes();
+    let mut text = String::from("\nFigures not met, and what limits them:\n\n");
+    for figure in unmet {
+        let limit = if figure.name.starts_with("live session hit")
+            && figure.name.contains("one flow")
+        {
+            "the hit path makes three map lookups and one clock read per packet; the breakdown under the verdict cases shows the share of each.".to_owned()
+        } else if figure.name.starts_with("live session hit") {
+            format!(
+                "every cold packet follows a test-run syscall, and its device, prefix and session lookups are dependent cache misses; the session table alone is about {} at this size (an estimate: 64 bytes per element plus 16 per bucket), against {cache}.",
+                table_size(
+                    results.bench.enforcers[results.layout.default_enforcer]
+                        .plan
+                        .sessions
+                )
+            )
+        } else if figure.name.starts_with("cost at") {
+            format!(
+                "the larger session table no longer fits in the caches ({cache}), so cold session lookups go to memory; with one flow the entry stays cached and the sizes cost the same."
+            )
+        } else if figure.name.starts_with("enforcer over floor") {
+            "the enforcer's own lookups, above, against one interval-set and one hash-set lookup of nftables.".to_owned()
+        } else {
+            "see the tables below.".to_owned()
+        };
+        let _ = writeln!(
+            text,
+            "- {}: measured {}; {limit}",
+            figure.name, figure.measured
+        );
+    }
+    text
+}
+
+/// Estimated memory of a preallocated BPF hash map of `sessions` 8-byte keys and values.
+fn table_size(sessions: usize) -> String {
+    let bytes = sessions * 64 + sessions.next_power_of_two() * 16;
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
+/// Sizes of CPU 0's unified caches, for example `L2 1024K, L3 32768K`.
+fn cache_sizes() -> String {
+    let mut sizes = Vec::new();
+    for index in 0..8 {
+        let base = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
+        let read = |name: &str| fs::read_to_string(format!("{base}/{name}")).ok();
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size"))
+        else {
+            continue;
+        };
+        if kind.trim() == "Unified" {
+            sizes.push(format!("L{} {}", level.trim(), size.trim()));
+        }
+    }
+    if sizes.is_empty() {
+        "unknown cache sizes".to_owned()
+    } else {
+        format!("caches of {}", sizes.join(", "))
+    }
 }
 
 fn page_header(text: &mut String, results: &Results) {

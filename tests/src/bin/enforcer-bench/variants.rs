@@ -142,6 +142,8 @@ pub struct Layout {
     /// Floor variant per shape, hot.
     pub floors: Vec<(Shape, usize)>,
     pub floor_cold: usize,
+    /// The clock probe, hot, over the IPv4 floor.
+    pub clock: usize,
     /// (case, shape, variant) at the default fixture, hot.
     pub cases: Vec<(Case, Shape, usize)>,
     /// (fixture, hot variant, cold variant) of the live session hit on IPv4.
@@ -204,6 +206,22 @@ pub fn add_data_path(bench: &mut Bench, settings: &Settings) -> anyhow::Result<L
             .find(|(candidate, _)| *candidate == shape)
             .map(|(_, index)| *index)
     };
+
+    let clock = bench.push(Variant {
+        group: "probe",
+        name: "clock read only (bench_clock), IPv4 TCP".to_owned(),
+        program: ProgramRef::Clock,
+        frames: vec![case_frame(Case::Hit, Shape::Ipv4, REPEAT_MODE_MAC)],
+        mode: hot,
+        live: None,
+        expect: Expect {
+            action: XDP_PASS,
+            counter: None,
+        },
+        floor: floor_of(Shape::Ipv4),
+        samples: Vec::new(),
+        invalid: None,
+    });
 
     let mut scale = Vec::new();
     for fixture_index in 0..bench.enforcers.len() {
@@ -269,6 +287,7 @@ pub fn add_data_path(bench: &mut Bench, settings: &Settings) -> anyhow::Result<L
         default_enforcer,
         floors,
         floor_cold,
+        clock,
         cases,
         scale,
     })
