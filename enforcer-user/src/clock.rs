@@ -126,6 +126,20 @@ pub fn expiry_boot_ns(start: &Instant, duration: Duration, now: &Instant) -> u64
     now.boot_ns.saturating_add(remaining.min(duration_ns))
 }
 
+/// Places a past wall time (an ID token's `auth_time`) on both clocks of `now`'s boot. A time
+/// in the future, from a skewed IdP clock, is taken as `now`, so it cannot extend a session.
+pub fn instant_at_wall(now: &Instant, wall_unix_ns: u64) -> Instant {
+    let elapsed = now
+        .wall_unix_ns
+        .saturating_sub(wall_unix_ns)
+        .min(now.boot_ns);
+    Instant {
+        wall_unix_ns: now.wall_unix_ns - elapsed,
+        boot_ns: now.boot_ns - elapsed,
+        boot_id: now.boot_id.clone(),
+    }
+}
+
 /// Wall time, in Unix nanoseconds, at which a boot-time expiry falls, for display.
 pub fn expiry_wall_ns(expires_boot_ns: u64, now: &Instant) -> u64 {
     let remaining = expires_boot_ns.saturating_sub(now.boot_ns);
@@ -155,6 +169,21 @@ mod tests {
         let after = expiry_boot_ns(&start, HOUR, &clock.now());
         assert_eq!(before, 50_000_000_000 + 3600 * 1_000_000_000);
         assert_eq!(after, before);
+    }
+
+    #[test]
+    fn past_auth_time_moves_boot_time_back() {
+        let now = instant(10_000 * 1_000_000_000, 500 * 1_000_000_000, "a");
+        let at = instant_at_wall(&now, now.wall_unix_ns - 60 * 1_000_000_000);
+        assert_eq!(at.boot_ns, 440 * 1_000_000_000);
+        assert_eq!(at.wall_unix_ns, now.wall_unix_ns - 60 * 1_000_000_000);
+    }
+
+    #[test]
+    fn future_auth_time_is_clamped_to_now() {
+        let now = instant(10_000 * 1_000_000_000, 500 * 1_000_000_000, "a");
+        let at = instant_at_wall(&now, now.wall_unix_ns + 3600 * 1_000_000_000);
+        assert_eq!(at, now);
     }
 
     #[test]

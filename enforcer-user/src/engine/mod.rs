@@ -9,9 +9,13 @@
 //! not; `reconcile` at the next start removes it, so no uncommitted grant survives a restart
 //! and every committed one is written again.
 
+mod ops;
 mod reconcile;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::AtomicU64},
+};
 
 use crate::{
     clock::Clock,
@@ -21,7 +25,23 @@ use crate::{
     store::{Store, StoreError},
 };
 
+pub use ops::{
+    GrantedSession, ReloadReport, RevokeReport, RevokeSelector, SignInReport, SkippedResource,
+};
 pub use reconcile::ReconcileReport;
+
+/// Counters of engine events, exported as metrics.
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    pub sign_ins: AtomicU64,
+    /// Sessions written by sign-ins and grants.
+    pub grants: AtomicU64,
+    /// Sessions removed by revocations.
+    pub revocations: AtomicU64,
+    pub reloads: AtomicU64,
+    /// Kernel writes that failed because `SESSIONS` was full.
+    pub map_full: AtomicU64,
+}
 
 /// Sessions that expired more than this long ago are removed from the kernel and the store.
 pub const EXPIRED_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -51,6 +71,7 @@ pub struct Engine<M: KernelMaps> {
     link_kind: LinkKind,
     /// Resource name to id, for the resources of `policy`.
     resource_ids: HashMap<String, u32>,
+    metrics: Arc<EngineMetrics>,
 }
 
 impl<M: KernelMaps> Engine<M> {
@@ -73,6 +94,7 @@ impl<M: KernelMaps> Engine<M> {
             policy_file: policy_file.to_owned(),
             link_kind,
             resource_ids,
+            metrics: Arc::default(),
         })
     }
 
@@ -90,6 +112,10 @@ impl<M: KernelMaps> Engine<M> {
 
     pub fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
+    }
+
+    pub fn metrics(&self) -> &Arc<EngineMetrics> {
+        &self.metrics
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {

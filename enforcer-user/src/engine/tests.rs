@@ -3,6 +3,7 @@ use std::{sync::Arc, time::Duration};
 use common::SessionKey;
 
 use super::*;
+use crate::dataplane::DataplaneError;
 use crate::{
     clock::{Instant, ManualClock},
     dataplane::maps::MemoryMaps,
@@ -141,4 +142,381 @@ fn reconcile_restores_committed_sessions() {
         value.expires_at_boot_ns,
         start().boot_ns + 8 * 3600 * 1_000_000_000
     );
+}
+
+const MULTI: &str = r#"
+[[resource]]
+name = "payroll"
+destinations = [{ prefix = "198.51.100.0/24", protocol = "tcp", ports = 443 }]
+session = "1h"
+users = ["alice@example.com"]
+step_up = true
+
+[[resource]]
+name = "wiki"
+destinations = [{ prefix = "203.0.113.0/24" }]
+session = "8h"
+groups = ["staff"]
+
+[[resource]]
+name = "git"
+destinations = [{ prefix = "203.0.113.9/32", protocol = "tcp", ports = 22 }]
+session = "30m"
+groups = ["staff"]
+
+[[resource]]
+name = "hr"
+destinations = [{ prefix = "2001:db8:20::/48" }]
+session = "1h"
+groups = ["hr"]
+
+[[device]]
+name = "alice-laptop"
+owner = "alice@example.com"
+addresses = ["192.0.2.10"]
+
+[[device]]
+name = "kiosk"
+addresses = ["192.0.2.20"]
+"#;
+
+const HOUR_NS: u64 = 3600 * 1_000_000_000;
+
+fn alice_record() -> UserRecord {
+    UserRecord {
+        key: alice(),
+        email: Some("alice@example.com".to_owned()),
+        name: Some("Alice".to_owned()),
+        groups: vec!["staff".to_owned()],
+        first_seen_unix_ms: 0,
+        last_seen_unix_ms: 0,
+    }
+}
+
+fn auth(amr: &[&str], at: Instant) -> crate::store::AuthRecord {
+    crate::store::AuthRecord {
+        user: alice(),
+        at,
+        amr: amr.iter().map(|value| value.to_string()).collect(),
+        acr: None,
+    }
+}
+
+fn ready(policy: &str) -> Fixture {
+    let mut fixture = fixture(policy);
+    fixture.engine.reconcile().unwrap();
+    fixture
+}
+
+fn kernel_expiry(fixture: &Fixture, resource: &str) -> Option<u64> {
+    let resource_id = fixture.engine.resource_ids()[resource];
+    let key = SessionKey {
+        device_id: 1,
+        resource_id,
+    };
+    fixture
+        .engine
+        .maps()
+        .sessions
+        .get(&key)
+        .map(|value| value.expires_at_boot_ns)
+}
+
+#[test]
+fn sign_in_renews_every_allowed_resource() {
+    let mut fixture = ready(MULTI);
+    let report = fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["pwd", "mfa"], start()))
+        .unwrap();
+    let mut granted: Vec<&str> = report.granted.iter().map(|g| g.resource.as_str()).collect();
+    granted.sort();
+    assert_eq!(granted, vec!["git", "payroll", "wiki"]);
+    assert_eq!(report.skipped.len(), 1);
+    assert_eq!(report.skipped[0].resource, "hr");
+    assert_eq!(fixture.engine.store().sessions().unwrap().len(), 3);
+}
+
+#[test]
+fn session_duration_is_per_resource() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let boot = start().boot_ns;
+    assert_eq!(kernel_expiry(&fixture, "payroll"), Some(boot + HOUR_NS));
+    assert_eq!(kernel_expiry(&fixture, "wiki"), Some(boot + 8 * HOUR_NS));
+    assert_eq!(kernel_expiry(&fixture, "git"), Some(boot + HOUR_NS / 2));
+    assert_eq!(kernel_expiry(&fixture, "hr"), None);
+}
+
+#[test]
+fn step_up_requires_multi_factor() {
+    let mut fixture = ready(MULTI);
+    let report = fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["pwd"], start()))
+        .unwrap();
+    let skipped = report
+        .skipped
+        .iter()
+        .find(|skipped| skipped.resource == "payroll")
+        .unwrap();
+    assert!(skipped.reason.contains("step-up"), "{}", skipped.reason);
+    assert_eq!(kernel_expiry(&fixture, "payroll"), None);
+    assert!(kernel_expiry(&fixture, "wiki").is_some());
+}
+
+#[test]
+fn password_sign_in_keeps_earlier_step_up_session() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let first = kernel_expiry(&fixture, "payroll");
+    fixture.clock.advance(Duration::from_secs(600));
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["pwd"], fixture.clock.now()))
+        .unwrap();
+    assert_eq!(kernel_expiry(&fixture, "payroll"), first);
+    assert_eq!(
+        kernel_expiry(&fixture, "wiki"),
+        Some(start().boot_ns + 600 * 1_000_000_000 + 8 * HOUR_NS)
+    );
+}
+
+#[test]
+fn owner_mismatch_is_denied() {
+    let mut fixture = ready(MULTI);
+    let mut bob = alice_record();
+    bob.key.subject = "bob".to_owned();
+    bob.email = Some("bob@example.com".to_owned());
+    let err = fixture
+        .engine
+        .sign_in(1, bob, auth(&["mfa"], start()))
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Denied(_)), "{err}");
+    assert!(fixture.engine.maps().sessions.is_empty());
+}
+
+#[test]
+fn wall_clock_step_does_not_extend_session() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let before = kernel_expiry(&fixture, "wiki");
+    fixture.clock.step_wall(48 * 3600 * 1_000_000_000);
+    fixture.engine.reconcile().unwrap();
+    fixture.clock.step_wall(-96 * 3600 * 1_000_000_000);
+    fixture.engine.reconcile().unwrap();
+    assert_eq!(kernel_expiry(&fixture, "wiki"), before);
+}
+
+#[test]
+fn revoke_by_device_reports_count() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let report = fixture
+        .engine
+        .revoke(&RevokeSelector::Device { device_id: 1 }, "admin:uid=0")
+        .unwrap();
+    assert_eq!(report.sessions, 3);
+    assert_eq!(report.kernel_entries, 3);
+    assert!(fixture.engine.maps().sessions.is_empty());
+    assert!(fixture.engine.store().sessions().unwrap().is_empty());
+}
+
+#[test]
+fn revoke_by_resource_keeps_others() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let report = fixture
+        .engine
+        .revoke(
+            &RevokeSelector::Resource {
+                resource: "wiki".to_owned(),
+            },
+            "admin:uid=0",
+        )
+        .unwrap();
+    assert_eq!(report.sessions, 1);
+    assert_eq!(kernel_expiry(&fixture, "wiki"), None);
+    assert!(kernel_expiry(&fixture, "git").is_some());
+}
+
+#[test]
+fn revoked_session_stays_gone_after_reconcile() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    fixture
+        .engine
+        .revoke(
+            &RevokeSelector::User {
+                issuer: alice().issuer,
+                subject: alice().subject,
+            },
+            "admin:uid=0",
+        )
+        .unwrap();
+    fixture.engine.reconcile().unwrap();
+    assert!(fixture.engine.maps().sessions.is_empty());
+    let kinds: Vec<_> = fixture
+        .engine
+        .store()
+        .audit_tail(1)
+        .unwrap()
+        .into_iter()
+        .map(|record| record.kind)
+        .collect();
+    assert_eq!(kinds, vec![crate::store::AuditKind::Revocation]);
+}
+
+#[test]
+fn full_map_commits_nothing() {
+    let mut fixture = ready(MULTI);
+    fixture.engine.maps_mut().session_capacity = 2;
+    let err = fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Dataplane(DataplaneError::MapFull { .. })),
+        "{err}"
+    );
+    assert!(fixture.engine.maps().sessions.is_empty());
+    assert!(fixture.engine.store().sessions().unwrap().is_empty());
+    assert!(fixture.engine.store().authentication(1).unwrap().is_none());
+    let full = fixture
+        .engine
+        .metrics()
+        .map_full
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(full, 1);
+}
+
+#[test]
+fn reload_changes_duration_and_keeps_sessions() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let longer = MULTI.replace("session = \"8h\"", "session = \"12h\"");
+    let report = fixture
+        .engine
+        .reload(parse("policy.toml", &longer).unwrap(), "admin:uid=0")
+        .unwrap();
+    assert_eq!(report.maps.sessions_removed, 0);
+    assert_eq!(
+        kernel_expiry(&fixture, "wiki"),
+        Some(start().boot_ns + 12 * HOUR_NS)
+    );
+    assert!(kernel_expiry(&fixture, "payroll").is_some());
+}
+
+#[test]
+fn reload_removes_disallowed_sessions() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let narrower = MULTI.replace(
+        "groups = [\"staff\"]\n\n[[resource]]\nname = \"git\"",
+        "groups = [\"ops\"]\n\n[[resource]]\nname = \"git\"",
+    );
+    assert_ne!(narrower, MULTI);
+    fixture
+        .engine
+        .reload(parse("policy.toml", &narrower).unwrap(), "admin:uid=0")
+        .unwrap();
+    assert_eq!(kernel_expiry(&fixture, "wiki"), None);
+    assert!(kernel_expiry(&fixture, "git").is_some());
+}
+
+#[test]
+fn reload_with_new_step_up_removes_password_sessions() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["pwd"], start()))
+        .unwrap();
+    let stricter = MULTI.replace(
+        "session = \"30m\"\ngroups = [\"staff\"]",
+        "session = \"30m\"\ngroups = [\"staff\"]\nstep_up = true",
+    );
+    assert_ne!(stricter, MULTI);
+    fixture
+        .engine
+        .reload(parse("policy.toml", &stricter).unwrap(), "admin:uid=0")
+        .unwrap();
+    assert_eq!(kernel_expiry(&fixture, "git"), None);
+    assert!(kernel_expiry(&fixture, "wiki").is_some());
+}
+
+#[test]
+fn reload_with_too_many_rules_keeps_policy() {
+    let mut fixture = ready(MULTI);
+    let mut crowded = MULTI.to_owned();
+    for index in 0..common::MAX_RULES_PER_PREFIX {
+        crowded.push_str(&format!(
+            "\n[[resource]]\nname = \"extra{index}\"\ndestinations = [{{ prefix = \"203.0.113.0/24\", protocol = \"udp\", ports = {} }}]\nsession = \"1h\"\n",
+            2000 + index
+        ));
+    }
+    let err = fixture
+        .engine
+        .reload(parse("policy.toml", &crowded).unwrap(), "admin:uid=0")
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Policy(_)), "{err}");
+    assert_eq!(fixture.engine.policy().resources.len(), 4);
+}
+
+#[test]
+fn long_expired_sessions_are_swept() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    fixture
+        .clock
+        .advance(Duration::from_secs(2 * 3600) + EXPIRED_RETENTION);
+    let removed = fixture.engine.sweep().unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(kernel_expiry(&fixture, "payroll"), None);
+    assert!(kernel_expiry(&fixture, "wiki").is_some());
+}
+
+#[test]
+fn admin_grant_uses_its_own_duration() {
+    let mut fixture = ready(MULTI);
+    let granted = fixture
+        .engine
+        .grant(1, "wiki", Duration::from_secs(600), "admin:uid=0")
+        .unwrap_err();
+    assert!(matches!(granted, EngineError::Denied(_)), "{granted}");
+    let session = fixture
+        .engine
+        .grant(1, "payroll", Duration::from_secs(600), "admin:uid=0")
+        .unwrap();
+    assert_eq!(
+        session.expires_at_boot_ns,
+        start().boot_ns + 600 * 1_000_000_000
+    );
+    assert!(kernel_expiry(&fixture, "payroll").is_some());
 }
