@@ -1,19 +1,31 @@
-//! `enforcer run`: opens the store, loads the policy, loads and attaches the XDP program,
-//! reconciles the kernel maps and serves the portal until shutdown.
+//! `enforcer run`: opens the store, loads the policy, attaches or adopts the pinned XDP
+//! program, reconciles the kernel maps and serves the admin API, the portal and metrics until
+//! SIGTERM, SIGINT or the shutdown token. The program stays attached after it returns.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
 
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    admin::server::{self as admin_server, AdminError},
     clock::{Clock, SystemClock},
-    config::{Config, XdpAttachMode},
-    dataplane::{Dataplane, DataplaneError},
-    engine::{Engine, EngineError},
+    config::{Config, LinkKind, XdpAttachMode},
+    dataplane::{
+        Dataplane, DataplaneError,
+        pins::{self, Attachment},
+    },
+    engine::{Engine, EngineError, ReloadReport},
     http::{self, HttpError},
     policy::{Policy, PolicyLoadError},
     store::{Store, StoreError},
 };
+
+/// Interval of the sweep that removes long-expired sessions.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +40,8 @@ pub enum DaemonError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("failed to read the boot id from /proc/sys/kernel/random/boot_id: {0}")]
     BootId(#[source] std::io::Error),
     #[error("failed to install the {signal} handler: {source}")]
@@ -38,28 +52,99 @@ pub enum DaemonError {
     },
 }
 
+/// Errors from a policy reload; the previous policy stays in force after each.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Load(#[from] PolicyLoadError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Reachability of the identity provider, updated by the IdP client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IdpHealth {
+    /// `None` until the IdP client has checked once.
+    pub reachable: Option<bool>,
+    pub checked_unix_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
 /// State shared by the portal, the admin API and the metrics listener.
 #[derive(Clone)]
 pub struct DaemonState {
     pub config: Arc<Config>,
     pub store: Arc<Store>,
     pub engine: Arc<Mutex<Engine<Dataplane>>>,
+    pub attachment: Arc<Attachment>,
+    pub idp: Arc<Mutex<IdpHealth>>,
 }
 
-/// Runs the daemon until `shutdown` is cancelled or SIGTERM or SIGINT arrives. The XDP program
-/// stays attached after it returns.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+impl DaemonState {
+    /// Locks the engine. A panic while it was held leaves the maps as the last completed
+    /// write left them, so the lock is taken over rather than propagating the panic.
+    pub fn lock_engine(&self) -> MutexGuard<'_, Engine<Dataplane>> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn idp_health(&self) -> IdpHealth {
+        self.idp
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Reads the policy file again and applies it; an invalid file changes nothing.
+    pub fn reload(&self, actor: &str) -> Result<ReloadReport, ReloadError> {
+        let policy = Policy::load(&self.config.policy).inspect_err(|err| {
+            tracing::error!(policy = %self.config.policy.display(), error = %err, "rejected policy reload");
+        })?;
+        let report = self.lock_engine().reload(policy, actor)?;
+        Ok(report)
+    }
+}
+
+/// Returns the kernel counters by name, or an error message when the map is unreadable.
+pub fn counters_json(dataplane: &Dataplane) -> Value {
+    match dataplane.counters() {
+        Ok(values) => {
+            let mut counters = serde_json::Map::new();
+            for (name, value) in common::counters::NAMES.iter().zip(values) {
+                counters.insert((*name).to_owned(), json!(value));
+            }
+            Value::Object(counters)
+        }
+        Err(err) => json!({ "error": err.to_string() }),
+    }
+}
+
+/// Opens the store, loads the policy, attaches or adopts the program and reconciles the maps.
+pub fn start(config: Config) -> Result<DaemonState, DaemonError> {
     let config = Arc::new(config);
     let store = Arc::new(Store::open(&config.store.path)?);
     let policy = Policy::load(&config.policy)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new().map_err(DaemonError::BootId)?);
 
-    let mut dataplane = Dataplane::load()?;
-    dataplane.attach(&config.interface, xdp_flags(config.xdp_mode))?;
+    let program = match config.link_kind {
+        LinkKind::Ethernet => common::program_names::ETHERNET,
+        LinkKind::RawIp => common::program_names::RAW_IP,
+    };
+    let (dataplane, attachment) = pins::attach_or_adopt(
+        &config.pin_folder(),
+        &config.interface,
+        xdp_mode(config.xdp_mode),
+        program,
+    )?;
     tracing::info!(
         interface = %config.interface,
         mode = config.xdp_mode.as_str(),
-        "attached XDP program"
+        program_id = attachment.program_id,
+        adopted = attachment.adopted,
+        pins = %attachment.pin_folder.display(),
+        "{}",
+        if attachment.adopted { "adopted pinned XDP program" } else { "attached XDP program" }
     );
 
     let mut engine = Engine::new(
@@ -71,49 +156,135 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         config.link_kind,
     )?;
     engine.reconcile()?;
-    let state = DaemonState {
-        config: config.clone(),
+    Ok(DaemonState {
+        config,
         store,
         engine: Arc::new(Mutex::new(engine)),
-    };
+        attachment: Arc::new(attachment),
+        idp: Arc::default(),
+    })
+}
 
-    let portal = http::serve(
-        "portal",
-        config.portal.listen,
-        http::portal_router(state.clone()),
+/// Runs the daemon until `shutdown` is cancelled or SIGTERM or SIGINT arrives; SIGHUP reloads
+/// the policy. The XDP program stays attached after it returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let admin_gid = match &config.admin.group {
+        Some(group) => Some(admin_server::resolve_group(group)?),
+        None => None,
+    };
+    let state = tokio::task::spawn_blocking(move || start(config))
+        .await
+        .map_err(|err| DaemonError::BootId(std::io::Error::other(err)))??;
+    serve(state, admin_gid, shutdown).await
+}
+
+/// Serves a started daemon until shutdown.
+pub async fn serve(
+    state: DaemonState,
+    admin_gid: Option<u32>,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let config = state.config.clone();
+    let mut tasks = Vec::new();
+    tasks.push(admin_server::serve(
+        state.clone(),
+        &config.admin.socket,
+        admin_gid,
         shutdown.clone(),
-    )
-    .await?;
+    )?);
+    tasks.push(
+        http::serve(
+            "portal",
+            config.portal.listen,
+            http::portal_router(state.clone()),
+            shutdown.clone(),
+        )
+        .await?,
+    );
+    if let Some(metrics) = &config.metrics {
+        tasks.push(
+            http::serve(
+                "metrics",
+                metrics.listen,
+                http::metrics_router(state.clone()),
+                shutdown.clone(),
+            )
+            .await?,
+        );
+    }
+    tasks.push(tokio::spawn(sweep_loop(state.clone(), shutdown.clone())));
     tracing::info!(interface = %config.interface, "enforcer started");
 
-    wait_for_stop(&shutdown).await?;
+    wait_for_stop(&state, &shutdown).await?;
     shutdown.cancel();
-    if let Err(err) = portal.await {
-        tracing::error!(error = %err, "portal task failed");
+    for task in tasks {
+        if let Err(err) = task.await {
+            tracing::error!(error = %err, "daemon task failed");
+        }
     }
-    tracing::info!(interface = %config.interface, "enforcer stopped");
+    tracing::info!(interface = %config.interface, "enforcer stopped; the XDP program stays attached");
     Ok(())
 }
 
-async fn wait_for_stop(shutdown: &CancellationToken) -> Result<(), DaemonError> {
+async fn sweep_loop(state: DaemonState, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let state = state.clone();
+        let swept = tokio::task::spawn_blocking(move || state.lock_engine().sweep()).await;
+        match swept {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "failed to sweep expired sessions"),
+            Err(err) => tracing::error!(error = %err, "sweep task failed"),
+        }
+    }
+}
+
+async fn wait_for_stop(
+    state: &DaemonState,
+    shutdown: &CancellationToken,
+) -> Result<(), DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signal {
-        signal: "SIGTERM",
-        source,
-    })?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signal {
-        signal: "SIGINT",
-        source,
-    })?;
-    tokio::select! {
-        _ = shutdown.cancelled() => tracing::info!("shutdown requested"),
-        _ = terminate.recv() => tracing::info!("received SIGTERM"),
-        _ = interrupt.recv() => tracing::info!("received SIGINT"),
+    let install = |kind: SignalKind, name: &'static str| {
+        signal(kind).map_err(|source| DaemonError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut hangup = install(SignalKind::hangup(), "SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                tracing::info!("shutdown requested");
+                return Ok(());
+            }
+            _ = terminate.recv() => {
+                tracing::info!("received SIGTERM");
+                return Ok(());
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("received SIGINT");
+                return Ok(());
+            }
+            _ = hangup.recv() => {
+                tracing::info!("received SIGHUP; reloading the policy");
+                let state = state.clone();
+                let result = tokio::task::spawn_blocking(move || state.reload("signal:SIGHUP")).await;
+                if let Ok(Err(err)) = result {
+                    tracing::error!(error = %err, "policy reload failed; the previous policy stays in force");
+                }
+            }
+        }
     }
-    Ok(())
 }
 
-fn xdp_flags(mode: XdpAttachMode) -> aya::programs::XdpMode {
+fn xdp_mode(mode: XdpAttachMode) -> aya::programs::XdpMode {
     use aya::programs::XdpMode;
     match mode {
         XdpAttachMode::Auto => XdpMode::Default,

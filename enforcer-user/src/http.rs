@@ -35,6 +35,32 @@ async fn healthz(State(_state): State<DaemonState>) -> &'static str {
     "ok\n"
 }
 
+/// Routes served on the metrics listener: Prometheus text format at `/metrics`.
+pub fn metrics_router(state: DaemonState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<DaemonState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let rendered = tokio::task::spawn_blocking(move || crate::metrics::render(&state)).await;
+    match rendered {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "failed to render metrics");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
 /// Binds `address` now, so a taken port fails the start, and serves `router` until `shutdown`.
 pub async fn serve(
     role: &'static str,

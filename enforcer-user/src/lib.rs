@@ -16,13 +16,21 @@
 //! - `dataplane`: loads, attaches and pins the XDP program and reads and writes its maps.
 //!   It is the only module that touches the kernel.
 //! - `daemon`: `enforcer run`, which wires everything together and owns shutdown.
+//! - `cli`: the `enforcer` command line (clap), a client of the admin API.
+//! - `admin`: the admin API on a Unix socket (peer credentials checked) and its client.
+//! - `explain`: classifies a packet over the current map contents for `enforcer explain`.
+//! - `metrics`: the Prometheus exposition of counters, sessions and map use.
 //! - `http`: the portal and metrics listeners. The portal merges its routes into
 //!   `http::portal_router`, which shares `daemon::DaemonState` with every route.
+pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod engine;
+pub mod explain;
 pub mod http;
+pub mod metrics;
 pub mod policy;
 pub mod store;

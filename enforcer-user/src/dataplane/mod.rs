@@ -3,6 +3,7 @@
 
 pub mod bench_objects;
 pub mod maps;
+pub mod pins;
 
 use std::net::IpAddr;
 
@@ -10,7 +11,7 @@ use ipnet::IpNet;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
     programs::{Xdp, XdpMode},
 };
 use common::{
@@ -41,6 +42,23 @@ pub enum DataplaneError {
         "map {name} is full ({capacity} entries); remove expired sessions or raise the map size in enforcer-ebpf"
     )]
     MapFull { name: &'static str, capacity: u32 },
+    #[error("failed to pin or open pin {path}: {message}; check that bpffs is mounted there")]
+    Pin {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error(
+        "pin folder {path} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf` or set pin_root to a folder under bpffs"
+    )]
+    NotBpffs { path: std::path::PathBuf },
+    #[error(
+        "the XDP link pinned at {path} runs program {program} (id {program_id}), not enforcer; remove the pin or run `enforcer detach`"
+    )]
+    ForeignLink {
+        path: std::path::PathBuf,
+        program_id: u32,
+        program: String,
+    },
     #[error("failed to access map {name}: {source}")]
     Map {
         name: &'static str,
@@ -57,38 +75,85 @@ pub fn xdp_object() -> Result<&'static [u8], DataplaneError> {
     Ok(XDP_OBJECT)
 }
 
-/// A loaded XDP object with its maps.
+/// The XDP program and its maps, either loaded by this process or adopted from bpffs pins.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    /// The loaded object; `None` when the program was adopted from pins.
+    ebpf: Option<Ebpf>,
+    /// Maps by name, taken out of the object or opened from pins.
+    maps: std::collections::HashMap<&'static str, Map>,
+    /// Entry point in use.
+    program_name: &'static str,
 }
+
+/// Every map name of the object, so maps can be taken out of it and pinned.
+pub const MAP_NAMES: [&str; 10] = [
+    map_names::DEVICES_V4,
+    map_names::DEVICES_V6,
+    map_names::PREFIXES_V4,
+    map_names::PREFIXES_V6,
+    map_names::SESSIONS,
+    map_names::FRAGMENTS,
+    map_names::PUNT_LIMITS,
+    map_names::PUNTS,
+    map_names::COUNTERS,
+    map_names::CONFIG,
+];
 
 impl Dataplane {
     /// Loads the object and verifies the Ethernet entry point, without attaching it.
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(xdp_object()?)?;
-        program_mut(&mut ebpf, program_names::ETHERNET)?
-            .load()
-            .map_err(|source| DataplaneError::Program {
-                name: program_names::ETHERNET,
-                source,
-            })?;
-        Ok(Self { ebpf })
+        Self::load_program(program_names::ETHERNET)
     }
 
-    /// Attaches the Ethernet entry point to `interface` in `mode`.
-    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
-        program_mut(&mut self.ebpf, program_names::ETHERNET)?
-            .attach(interface, mode)
+    /// Loads the object and verifies the entry point `program_name`, without attaching it.
+    pub fn load_program(program_name: &'static str) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new().load(xdp_object()?)?;
+        program_mut(&mut ebpf, program_name)?
+            .load()
             .map_err(|source| DataplaneError::Program {
-                name: program_names::ETHERNET,
+                name: program_name,
                 source,
             })?;
+        let mut maps = std::collections::HashMap::new();
+        for name in MAP_NAMES {
+            if let Some(map) = ebpf.take_map(name) {
+                maps.insert(name, map);
+            }
+        }
+        Ok(Self {
+            ebpf: Some(ebpf),
+            maps,
+            program_name,
+        })
+    }
+
+    /// Attaches the loaded entry point to `interface` in `mode`. The program detaches when
+    /// `self` drops; `pins::attach_or_adopt` attaches it so it outlives the process.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        let name = self.program_name;
+        self.program()?
+            .attach(interface, mode)
+            .map_err(|source| DataplaneError::Program { name, source })?;
         Ok(())
     }
 
     /// Returns the loaded Ethernet entry point, for example to run it with `BPF_PROG_TEST_RUN`.
     pub fn ethernet_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        program_mut(&mut self.ebpf, program_names::ETHERNET)
+        self.program()
+    }
+
+    /// Returns the loaded entry point; fails when the program was adopted from pins.
+    pub fn program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        let name = self.program_name;
+        let ebpf = self.ebpf.as_mut().ok_or(DataplaneError::Program {
+            name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?;
+        program_mut(ebpf, name)
+    }
+
+    pub fn program_name(&self) -> &'static str {
+        self.program_name
     }
 
     /// Maps `address` to `device`.
@@ -149,8 +214,8 @@ impl Dataplane {
     }
 
     /// Returns every counter summed over all CPUs, indexed as `common::counters`.
-    pub fn counters(&mut self) -> Result<[u64; counters::COUNT as usize], DataplaneError> {
-        let map: PerCpuArray<&mut MapData, u64> = self.map_mut(map_names::COUNTERS)?;
+    pub fn counters(&self) -> Result<[u64; counters::COUNT as usize], DataplaneError> {
+        let map: PerCpuArray<&MapData, u64> = self.map_ref(map_names::COUNTERS)?;
         let mut totals = [0u64; counters::COUNT as usize];
         for (index, total) in totals.iter_mut().enumerate() {
             let values = map
@@ -166,8 +231,8 @@ impl Dataplane {
         T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
     {
         let map = self
-            .ebpf
-            .map(name)
+            .maps
+            .get(name)
             .ok_or(DataplaneError::MissingMap { name })?;
         T::try_from(map).map_err(|source| map_error(name, source))
     }
@@ -177,8 +242,8 @@ impl Dataplane {
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
         let map = self
-            .ebpf
-            .map_mut(name)
+            .maps
+            .get_mut(name)
             .ok_or(DataplaneError::MissingMap { name })?;
         T::try_from(map).map_err(|source| map_error(name, source))
     }
@@ -331,8 +396,8 @@ impl maps::KernelMaps for Dataplane {
     }
 
     fn session_capacity(&self) -> u32 {
-        self.ebpf
-            .map(map_names::SESSIONS)
+        self.maps
+            .get(map_names::SESSIONS)
             .and_then(|map| match map {
                 aya::maps::Map::HashMap(data) => data.info().ok().map(|info| info.max_entries()),
                 _ => None,

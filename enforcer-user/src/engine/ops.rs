@@ -9,10 +9,10 @@ use super::{Engine, EngineError, ReconcileReport, assign_resource_ids};
 use crate::{
     clock::{Instant, expiry_wall_ns},
     dataplane::{DataplaneError, maps::KernelMaps},
-    policy::{Policy, Principal, compile_prefixes},
+    policy::{Policy, Principal, Resource, compile_prefixes},
     store::{
-        AuditEntry, AuditKind, AuthRecord, GrantSource, SessionRecord, StoreWrite, UserKey,
-        UserRecord,
+        AuditEntry, AuditKind, AuthRecord, DeviceRecord, GrantSource, SessionRecord, StoreWrite,
+        UserKey, UserRecord,
     },
 };
 
@@ -189,23 +189,7 @@ impl<M: KernelMaps> Engine<M> {
             )
         })?;
         let auth = self.store.authentication(device_id)?;
-        let user = match &auth {
-            Some(auth) => self.store.user(&auth.user)?,
-            None => None,
-        };
-        let allowed = match (&user, &device.owner) {
-            (Some(user), _) => policy_resource.allows(&Principal {
-                subject: &user.key.subject,
-                email: user.email.as_deref(),
-                groups: &user.groups,
-            }),
-            (None, Some(owner)) => policy_resource.allows(&Principal {
-                subject: owner,
-                email: Some(owner),
-                groups: &[],
-            }),
-            (None, None) => false,
-        };
+        let allowed = self.device_allowed(&device, policy_resource)?;
         if !allowed {
             return Err(EngineError::Denied(format!(
                 "the policy does not allow device {} ({device_id}) to reach {resource}: add its user or owner to the resource's users or groups",
@@ -248,6 +232,32 @@ impl<M: KernelMaps> Engine<M> {
             resource_id,
             expires_at_boot_ns,
             expires_unix_ns: expiry_wall_ns(expires_at_boot_ns, &now),
+        })
+    }
+
+    /// Whether the policy lets `device` reach `resource` without a sign-in of its own: judged
+    /// by the device's last signed-in user, or by its owner when nobody signed in yet.
+    pub(crate) fn device_allowed(
+        &self,
+        device: &DeviceRecord,
+        resource: &Resource,
+    ) -> Result<bool, EngineError> {
+        let user = match self.store.authentication(device.id)? {
+            Some(auth) => self.store.user(&auth.user)?,
+            None => None,
+        };
+        Ok(match (&user, &device.owner) {
+            (Some(user), _) => resource.allows(&Principal {
+                subject: &user.key.subject,
+                email: user.email.as_deref(),
+                groups: &user.groups,
+            }),
+            (None, Some(owner)) => resource.allows(&Principal {
+                subject: owner,
+                email: Some(owner),
+                groups: &[],
+            }),
+            (None, None) => false,
         })
     }
 

@@ -156,6 +156,12 @@ impl<M: KernelMaps> Engine<M> {
         };
         let duration = match &session.source {
             GrantSource::Admin { duration_secs, .. } => {
+                let Some(device) = self.store.device(session.device_id)? else {
+                    return Ok(None);
+                };
+                if !self.device_allowed(&device, resource)? {
+                    return Ok(None);
+                }
                 std::time::Duration::from_secs(*duration_secs)
             }
             GrantSource::SignIn => {

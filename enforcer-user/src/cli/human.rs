@@ -1,0 +1,300 @@
+//! Human-readable output of admin responses.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::admin::Request;
+
+/// Renders `result` of `request` for a terminal.
+pub fn render(request: &Request, result: &Value) -> String {
+    let mut out = String::new();
+    match request {
+        Request::Status => status(&mut out, result),
+        Request::DeviceList => devices(&mut out, result),
+        Request::SessionList { .. } => sessions(&mut out, result),
+        Request::DeviceShow { .. } => {
+            devices(&mut out, &Value::Array(vec![result["device"].clone()]));
+            let auth = &result["last_authentication"];
+            if auth.is_null() {
+                let _ = writeln!(out, "\nlast authentication: none");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "\nlast authentication: {} by {} (amr {})",
+                    time(&auth["at"]["wall_unix_ns"]),
+                    auth["user"]["subject"].as_str().unwrap_or("?"),
+                    auth["amr"]
+                );
+            }
+            let _ = writeln!(out);
+            sessions(&mut out, &result["sessions"]);
+        }
+        Request::ResourceList => resources(&mut out, result),
+        Request::SessionRevoke { .. } => {
+            let _ = writeln!(
+                out,
+                "revoked {} session(s); removed {} kernel entr{}",
+                result["sessions"],
+                result["kernel_entries"],
+                if result["kernel_entries"] == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
+            );
+        }
+        Request::SessionGrant { .. } => {
+            let _ = writeln!(
+                out,
+                "granted {} until {}",
+                result["resource"].as_str().unwrap_or("?"),
+                time(&result["expires_unix_ns"])
+            );
+        }
+        Request::Explain { .. } => explain(&mut out, result),
+        Request::Audit { .. } => audit(&mut out, result),
+        Request::Stats => {
+            key_values(&mut out, "", result);
+        }
+        _ => key_values(&mut out, "", result),
+    }
+    out
+}
+
+fn status(out: &mut String, result: &Value) {
+    let _ = writeln!(
+        out,
+        "interface   {} ({} mode, {})",
+        plain(&result["interface"]),
+        plain(&result["xdp_mode"]),
+        plain(&result["link_kind"])
+    );
+    let _ = writeln!(
+        out,
+        "program     {} id {}{}",
+        plain(&result["program"]),
+        result["program_id"],
+        if result["adopted"] == true {
+            " (adopted from pins)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(out, "pins        {}", plain(&result["pin_folder"]));
+    let _ = writeln!(out, "store       {}", plain(&result["store"]));
+    let _ = writeln!(
+        out,
+        "policy      {} ({} resources)",
+        plain(&result["policy"]),
+        result["resources"]
+    );
+    let _ = writeln!(
+        out,
+        "sessions    {} live, {} expired",
+        result["sessions_live"], result["sessions_expired"]
+    );
+    let idp = &result["idp"];
+    let reachable = match idp["reachable"].as_bool() {
+        Some(true) => "reachable".to_owned(),
+        Some(false) => format!("unreachable ({})", plain(&idp["error"])),
+        None => "not checked yet".to_owned(),
+    };
+    let _ = writeln!(out, "idp         {reachable}");
+    let _ = writeln!(out, "counters");
+    key_values(out, "  ", &result["counters"]);
+}
+
+fn devices(out: &mut String, result: &Value) {
+    let _ = writeln!(
+        out,
+        "{:<6} {:<20} {:<24} {:<8} ADDRESSES",
+        "ID", "NAME", "OWNER", "SOURCE"
+    );
+    for device in result.as_array().into_iter().flatten() {
+        let addresses: Vec<String> = device["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(plain)
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<6} {:<20} {:<24} {:<8} {}",
+            device["id"],
+            plain(&device["name"]),
+            plain(&device["owner"]),
+            plain(&device["source"]),
+            addresses.join(", ")
+        );
+    }
+}
+
+fn sessions(out: &mut String, result: &Value) {
+    let _ = writeln!(
+        out,
+        "{:<7} {:<16} {:<8} {:<26} USER",
+        "DEVICE", "RESOURCE", "STATE", "EXPIRES"
+    );
+    for session in result.as_array().into_iter().flatten() {
+        let state = if session["live"] == true {
+            "live"
+        } else if session["in_kernel"] == true {
+            "expired"
+        } else {
+            "inactive"
+        };
+        let _ = writeln!(
+            out,
+            "{:<7} {:<16} {:<8} {:<26} {}",
+            session["device_id"],
+            plain(&session["resource"]),
+            state,
+            time(&session["expires_unix_ns"]),
+            plain(&session["user"]["subject"])
+        );
+    }
+}
+
+fn resources(out: &mut String, result: &Value) {
+    let _ = writeln!(
+        out,
+        "{:<4} {:<16} {:<10} {:<8} {:<7} DESTINATIONS",
+        "ID", "NAME", "SESSION", "STEP-UP", "EXPIRY"
+    );
+    for entry in result.as_array().into_iter().flatten() {
+        let resource = &entry["resource"];
+        let destinations: Vec<String> = resource["destinations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|destination| {
+                let ports = match destination["ports"].as_array() {
+                    Some(range) if range[0] == range[1] => format!(":{}", range[0]),
+                    Some(range) => format!(":{}-{}", range[0], range[1]),
+                    None => String::new(),
+                };
+                format!("{}{ports}", plain(&destination["prefix"]))
+            })
+            .collect();
+        let session = resource["session"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:<4} {:<16} {:<10} {:<8} {:<7} {}{}",
+            entry["id"],
+            plain(&resource["name"]),
+            humantime::format_duration(std::time::Duration::from_secs(session)).to_string(),
+            if resource["step_up"] == true {
+                "yes"
+            } else {
+                "no"
+            },
+            plain(&resource["on_expiry"]),
+            destinations.join(", "),
+            if resource["monitor"] == true {
+                " (monitor)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+fn explain(out: &mut String, result: &Value) {
+    let explanation = &result["explanation"];
+    let device = match explanation["device_id"].as_u64() {
+        Some(id) => format!("{} (id {id})", plain(&result["device"])),
+        None => "none: the source address is not enrolled".to_owned(),
+    };
+    let _ = writeln!(out, "device    {device}");
+    let rule = &explanation["rule"];
+    if rule.is_null() {
+        let _ = writeln!(out, "resource  none: the destination is not protected");
+    } else {
+        let _ = writeln!(
+            out,
+            "resource  {} (id {}, prefix {}, on expiry {}{})",
+            plain(&result["resource"]),
+            rule["resource_id"],
+            plain(&rule["prefix"]),
+            plain(&rule["action"]),
+            if rule["monitor"] == true {
+                ", monitor mode"
+            } else {
+                ""
+            }
+        );
+    }
+    let session = &explanation["session"];
+    if session.is_null() {
+        let _ = writeln!(out, "session   none");
+    } else {
+        let _ = writeln!(
+            out,
+            "session   {} until {}",
+            if session["live"] == true {
+                "live"
+            } else {
+                "expired"
+            },
+            time(&session["expires_unix_ns"])
+        );
+    }
+    let _ = writeln!(out, "verdict   {}", plain(&explanation["verdict"]));
+    if explanation["mac_bound"] == true {
+        let _ = writeln!(
+            out,
+            "note      the device is bound to a source MAC, which explain does not check"
+        );
+    }
+}
+
+fn audit(out: &mut String, result: &Value) {
+    for record in result.as_array().into_iter().flatten() {
+        let at_ns = record["at_unix_ms"]
+            .as_u64()
+            .map(|ms| Value::from(ms * 1_000_000));
+        let _ = writeln!(
+            out,
+            "{:<6} {} {:<14} {:<22} {}",
+            record["seq"],
+            time(&at_ns.unwrap_or(Value::Null)),
+            plain(&record["kind"]),
+            plain(&record["actor"]),
+            plain(&record["detail"])
+        );
+    }
+}
+
+fn key_values(out: &mut String, indent: &str, value: &Value) {
+    match value.as_object() {
+        Some(map) => {
+            for (key, value) in map {
+                let _ = writeln!(out, "{indent}{key:<22} {}", plain(value));
+            }
+        }
+        None => {
+            let _ = writeln!(out, "{indent}{}", plain(value));
+        }
+    }
+}
+
+/// A JSON value without quotes around strings; `-` for null.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Formats Unix nanoseconds as RFC 3339 UTC, or `-`.
+fn time(value: &Value) -> String {
+    match value.as_u64() {
+        Some(ns) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        None => "-".to_owned(),
+    }
+}

@@ -1,0 +1,343 @@
+//! The `enforcer` command line: clap definitions and dispatch. Admin commands go through the
+//! daemon's admin socket; only `run` and `detach` act locally.
+
+mod human;
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::{DeviceRef, EXIT_UNREACHABLE, Request, Response, client},
+    config::{Config, DEFAULT_ADMIN_SOCKET},
+    engine::RevokeSelector,
+};
+
+/// Zero Trust gateway: per-packet session enforcement in XDP with OpenID Connect sign-in.
+#[derive(Parser)]
+#[command(name = "enforcer", version)]
+pub struct Cli {
+    /// Admin socket of the daemon.
+    #[arg(long, global = true, env = "ENFORCER_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of admin commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach or adopt the XDP program, reconcile the maps, serve the APIs.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/enforcer/enforcer.toml")]
+        config: PathBuf,
+    },
+    /// Detach the XDP program and remove its pins; enforcement stops until the next `run`.
+    Detach {
+        /// Configuration file (TOML) that names the interface and pin folder.
+        #[arg(long, short, default_value = "/etc/enforcer/enforcer.toml")]
+        config: PathBuf,
+    },
+    /// Show the interface, XDP mode, program id, counters, store and IdP state.
+    Status,
+    /// Manage enrolled devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// List, grant and revoke sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Show the policy's resources.
+    #[command(subcommand)]
+    Resource(ResourceCommand),
+    /// Explain the verdict for a packet from SOURCE to DESTINATION.
+    Explain(ExplainArgs),
+    /// Show kernel counters and engine statistics.
+    Stats,
+    /// Show the latest audit log entries.
+    Audit {
+        /// Number of entries, newest last.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: usize,
+    },
+    /// Reload the policy file; an invalid file is rejected and the current policy kept.
+    Reload,
+    /// Print shell completions to standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    Man,
+}
+
+#[derive(Subcommand)]
+pub enum DeviceCommand {
+    /// Enroll a device with its addresses.
+    Enroll {
+        name: String,
+        /// Address the device sends from (repeat for several).
+        #[arg(long = "address", short, required = true)]
+        addresses: Vec<IpAddr>,
+        /// User (email or subject) who may sign in on the device; anyone when unset.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Source MAC address the device must use (Ethernet interfaces).
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// List enrolled devices.
+    List,
+    /// Show a device with its last authentication and sessions.
+    Show {
+        /// Device id or name.
+        device: DeviceRef,
+    },
+    /// Remove a device and revoke its sessions.
+    Remove {
+        /// Device id or name.
+        device: DeviceRef,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SessionCommand {
+    /// List sessions.
+    List {
+        /// Only this device (id or name).
+        #[arg(long)]
+        device: Option<DeviceRef>,
+    },
+    /// Grant a device a session to a resource, from now.
+    Grant {
+        /// Device id or name.
+        device: DeviceRef,
+        resource: String,
+        /// Session duration, such as 30m or 8h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Revoke sessions by device, user or resource; prints how many were removed.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = true)]
+pub struct RevokeArgs {
+    /// Device id or name.
+    #[arg(long)]
+    device: Option<DeviceRef>,
+    /// Resource name.
+    #[arg(long)]
+    resource: Option<String>,
+    /// User subject; needs --issuer.
+    #[arg(long, requires = "issuer", conflicts_with_all = ["device", "resource"])]
+    user: Option<String>,
+    /// Issuer of --user.
+    #[arg(long)]
+    issuer: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ResourceCommand {
+    /// List resources with their ids, destinations and durations.
+    List,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    source: IpAddr,
+    destination: IpAddr,
+    /// IP protocol: tcp, udp, sctp, icmp, icmpv6 or a number.
+    #[arg(long, short, default_value = "tcp")]
+    protocol: String,
+    /// Destination port.
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+/// Parses the command line, sets up logging to standard error and runs the command; the
+/// whole `main` of the `enforcer` binary.
+pub fn entry() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match main(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("enforcer: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let request = match cli.command {
+        Command::Run { config } => return run(&config),
+        Command::Detach { config } => return detach(&config),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "enforcer",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("failed to write the man page")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        command => request_of(command)?,
+    };
+
+    let response = match client::call(&cli.socket, &request) {
+        Ok(response) => response,
+        Err(err) => {
+            eprintln!("enforcer: {err}");
+            return Ok(ExitCode::from(EXIT_UNREACHABLE));
+        }
+    };
+    match response {
+        Response::Ok { result } => {
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+                Output::Human => print!("{}", human::render(&request, &result)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { code, message } => {
+            match cli.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({ "error": { "code": code, "message": message } })
+                ),
+                Output::Human => eprintln!("enforcer: {message}"),
+            }
+            Ok(ExitCode::from(code.exit_code()))
+        }
+    }
+}
+
+fn request_of(command: Command) -> anyhow::Result<Request> {
+    Ok(match command {
+        Command::Status => Request::Status,
+        Command::Device(DeviceCommand::Enroll {
+            name,
+            addresses,
+            owner,
+            mac,
+        }) => Request::DeviceEnroll {
+            name,
+            owner,
+            addresses,
+            mac,
+        },
+        Command::Device(DeviceCommand::List) => Request::DeviceList,
+        Command::Device(DeviceCommand::Show { device }) => Request::DeviceShow { device },
+        Command::Device(DeviceCommand::Remove { device }) => Request::DeviceRemove { device },
+        Command::Session(SessionCommand::List { device }) => Request::SessionList { device },
+        Command::Session(SessionCommand::Grant {
+            device,
+            resource,
+            duration,
+        }) => Request::SessionGrant {
+            device,
+            resource,
+            duration_secs: duration.as_secs(),
+        },
+        Command::Session(SessionCommand::Revoke(args)) => Request::SessionRevoke {
+            selector: revoke_selector(args)?,
+        },
+        Command::Resource(ResourceCommand::List) => Request::ResourceList,
+        Command::Explain(args) => Request::Explain {
+            source: args.source,
+            destination: args.destination,
+            protocol: parse_protocol(&args.protocol)?,
+            port: args.port,
+        },
+        Command::Stats => Request::Stats,
+        Command::Audit { limit } => Request::Audit { limit },
+        Command::Reload => Request::Reload,
+        Command::Run { .. }
+        | Command::Detach { .. }
+        | Command::Completions { .. }
+        | Command::Man => unreachable!("handled before building a request"),
+    })
+}
+
+fn revoke_selector(args: RevokeArgs) -> anyhow::Result<RevokeSelector> {
+    let device_id = |device: DeviceRef| match device {
+        DeviceRef::Id(id) => Ok(id),
+        DeviceRef::Name(name) => anyhow::bail!(
+            "--device {name:?} is not a device id; revocation takes the numeric id shown by `enforcer device list`"
+        ),
+    };
+    Ok(match (args.device, args.resource, args.user, args.issuer) {
+        (_, _, Some(subject), Some(issuer)) => RevokeSelector::User { issuer, subject },
+        (Some(device), Some(resource), _, _) => RevokeSelector::Session {
+            device_id: device_id(device)?,
+            resource,
+        },
+        (Some(device), None, _, _) => RevokeSelector::Device {
+            device_id: device_id(device)?,
+        },
+        (None, Some(resource), _, _) => RevokeSelector::Resource { resource },
+        _ => anyhow::bail!("pass --device, --resource, or --user with --issuer"),
+    })
+}
+
+fn parse_protocol(text: &str) -> anyhow::Result<u8> {
+    Ok(match text {
+        "tcp" => 6,
+        "udp" => 17,
+        "sctp" => 132,
+        "icmp" => 1,
+        "icmpv6" => 58,
+        other => other.parse().with_context(|| {
+            format!("protocol {other:?} is invalid: use tcp, udp, sctp, icmp, icmpv6 or a number from 0 to 255")
+        })?,
+    })
+}
+
+fn run(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+    runtime.block_on(crate::daemon::run(config, CancellationToken::new()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn detach(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config)?;
+    let folder = config.pin_folder();
+    if crate::dataplane::pins::detach(&folder)? {
+        tracing::info!(interface = %config.interface, pins = %folder.display(), "detached XDP program");
+        println!(
+            "detached the XDP program from {} and removed {}",
+            config.interface,
+            folder.display()
+        );
+    } else {
+        println!("nothing to detach: {} does not exist", folder.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

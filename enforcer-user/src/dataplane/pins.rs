@@ -1,0 +1,221 @@
+//! Pinning under bpffs, so enforcement continues while the daemon is stopped or upgraded, and
+//! adoption of a pinned program by a restarted daemon.
+//!
+//! One folder per interface contains a pin per map (named as the map), `program`, and `link`,
+//! which is written last. A folder with `link` is therefore complete; one without it is left
+//! over from a failed attach and is cleared before a fresh attach.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Map, MapData},
+    programs::{
+        XdpMode,
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
+};
+
+use super::{Dataplane, DataplaneError, MAP_NAMES};
+
+/// File name of the pinned XDP link.
+pub const LINK_PIN: &str = "link";
+/// File name of the pinned program.
+pub const PROGRAM_PIN: &str = "program";
+
+/// How the program came to run on the interface.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attachment {
+    /// True when a pinned program was reused instead of attaching a new one.
+    pub adopted: bool,
+    pub program_id: u32,
+    pub link_id: u32,
+    pub pin_folder: PathBuf,
+}
+
+fn pin_error(path: &Path, source: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Pin {
+        path: path.to_path_buf(),
+        message: source.to_string(),
+    }
+}
+
+/// Adopts the program pinned in `folder` when its link exists and runs our entry point
+/// `program_name`; otherwise loads the object, attaches it to `interface` in `mode` and pins
+/// maps, program and link in `folder`.
+pub fn attach_or_adopt(
+    folder: &Path,
+    interface: &str,
+    mode: XdpMode,
+    program_name: &'static str,
+) -> Result<(Dataplane, Attachment), DataplaneError> {
+    check_bpffs(folder)?;
+    if folder.join(LINK_PIN).exists() {
+        return adopt(folder, program_name);
+    }
+    clear(folder)?;
+    fs::create_dir_all(folder).map_err(|err| pin_error(folder, err))?;
+    match attach_pinned(folder, interface, mode, program_name) {
+        Ok(attached) => Ok(attached),
+        Err(err) => {
+            if let Err(cleanup) = clear(folder) {
+                tracing::error!(folder = %folder.display(), error = %cleanup, "failed to remove partial pins");
+            }
+            Err(err)
+        }
+    }
+}
+
+fn attach_pinned(
+    folder: &Path,
+    interface: &str,
+    mode: XdpMode,
+    program_name: &'static str,
+) -> Result<(Dataplane, Attachment), DataplaneError> {
+    let mut dataplane = Dataplane::load_program(program_name)?;
+    for (name, map) in &dataplane.maps {
+        let path = folder.join(name);
+        map.pin(&path).map_err(|err| pin_error(&path, err))?;
+    }
+    let program_path = folder.join(PROGRAM_PIN);
+    let program = dataplane.program()?;
+    program
+        .pin(&program_path)
+        .map_err(|err| pin_error(&program_path, err))?;
+    let program_id = program
+        .info()
+        .map_err(|source| DataplaneError::Program {
+            name: program_name,
+            source,
+        })?
+        .id();
+    let link_id = program
+        .attach(interface, mode)
+        .map_err(|source| DataplaneError::Program {
+            name: program_name,
+            source,
+        })?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|source| DataplaneError::Program {
+            name: program_name,
+            source,
+        })?;
+    // Netlink attachments cannot be pinned; every kernel since 5.9 gives a bpf_link instead.
+    let link: FdLink = link
+        .try_into()
+        .map_err(|err: aya::programs::links::LinkError| pin_error(&folder.join(LINK_PIN), err))?;
+    let link_id = link
+        .info()
+        .map_err(|err| pin_error(&folder.join(LINK_PIN), err))?
+        .id();
+    let link_path = folder.join(LINK_PIN);
+    let pinned = link
+        .pin(&link_path)
+        .map_err(|err| pin_error(&link_path, err))?;
+    // The pin keeps the program attached; the descriptor is not needed after this.
+    drop(pinned);
+    Ok((
+        dataplane,
+        Attachment {
+            adopted: false,
+            program_id,
+            link_id,
+            pin_folder: folder.to_path_buf(),
+        },
+    ))
+}
+
+fn adopt(
+    folder: &Path,
+    program_name: &'static str,
+) -> Result<(Dataplane, Attachment), DataplaneError> {
+    let link_path = folder.join(LINK_PIN);
+    let link = PinnedLink::from_pin(&link_path).map_err(|err| pin_error(&link_path, err))?;
+    let link = FdLink::from(link);
+    let info = link.info().map_err(|err| pin_error(&link_path, err))?;
+    let program_id = info.program_id();
+
+    let name = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|program| program.id() == program_id)
+        .and_then(|program| program.name_as_str().map(str::to_owned));
+    if name.as_deref() != Some(program_name) {
+        return Err(DataplaneError::ForeignLink {
+            path: link_path,
+            program_id,
+            program: name.unwrap_or_else(|| "unknown".to_owned()),
+        });
+    }
+
+    let mut maps = std::collections::HashMap::new();
+    for name in MAP_NAMES {
+        let path = folder.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let data = MapData::from_pin(&path).map_err(|err| pin_error(&path, err))?;
+        let map = Map::from_map_data(data).map_err(|err| pin_error(&path, err))?;
+        maps.insert(name, map);
+    }
+    let dataplane = Dataplane {
+        ebpf: None,
+        maps,
+        program_name,
+    };
+    Ok((
+        dataplane,
+        Attachment {
+            adopted: true,
+            program_id,
+            link_id: info.id(),
+            pin_folder: folder.to_path_buf(),
+        },
+    ))
+}
+
+/// Fails unless the nearest existing ancestor of `folder` is on a bpffs mount, because pins
+/// cannot be created anywhere else.
+fn check_bpffs(folder: &Path) -> Result<(), DataplaneError> {
+    // BPF_FS_MAGIC from include/uapi/linux/magic.h.
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let Some(existing) = folder.ancestors().find(|ancestor| ancestor.exists()) else {
+        return Ok(());
+    };
+    let stats = nix::sys::statfs::statfs(existing).map_err(|err| pin_error(existing, err))?;
+    if stats.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        return Err(DataplaneError::NotBpffs {
+            path: folder.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes the pins in `folder` and the folder: the link first, which detaches the program,
+/// then the maps and the program. Returns false when there was nothing to remove.
+pub fn detach(folder: &Path) -> Result<bool, DataplaneError> {
+    if !folder.exists() {
+        return Ok(false);
+    }
+    clear(folder)?;
+    Ok(true)
+}
+
+fn clear(folder: &Path) -> Result<(), DataplaneError> {
+    if !folder.exists() {
+        return Ok(());
+    }
+    let link = folder.join(LINK_PIN);
+    if link.exists() {
+        fs::remove_file(&link).map_err(|err| pin_error(&link, err))?;
+    }
+    let entries = fs::read_dir(folder).map_err(|err| pin_error(folder, err))?;
+    for entry in entries {
+        let path = entry.map_err(|err| pin_error(folder, err))?.path();
+        fs::remove_file(&path).map_err(|err| pin_error(&path, err))?;
+    }
+    fs::remove_dir(folder).map_err(|err| pin_error(folder, err))
+}

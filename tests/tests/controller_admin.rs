@@ -1,0 +1,80 @@
+//! The admin socket lets in root and members of the admin group only, checked with the
+//! peer credentials of the connecting process.
+
+mod controller_support;
+
+use std::{os::unix::fs::PermissionsExt, process::Command};
+
+use controller_support::{ENFORCER, Gateway, POLICY, text};
+
+/// Admin group of these tests, given as a numeric gid so no group has to exist.
+const ADMIN_GID: &str = "4242";
+
+fn lab() -> Gateway {
+    let mut lab = Gateway::new(POLICY);
+    lab.extra_config = format!("group = \"{ADMIN_GID}\"");
+    // The socket's folder must be searchable for the group member to reach the socket.
+    std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    lab.start();
+    lab
+}
+
+/// Runs `enforcer status` as uid and gid 65534 with `extra` setpriv options.
+fn status_as_nobody(lab: &Gateway, extra: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534"])
+        .args(extra)
+        .arg(ENFORCER)
+        .arg("--socket")
+        .arg(lab.socket())
+        .arg("status")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn admin_socket_rejects_other_user() {
+    let lab = lab();
+    // CAP_DAC_OVERRIDE lets the process past the socket's file mode, so only the daemon's
+    // peer credential check stands between it and the API.
+    let output = status_as_nobody(
+        &lab,
+        &[
+            "--clear-groups",
+            "--inh-caps",
+            "+dac_override",
+            "--ambient-caps",
+            "+dac_override",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output));
+    assert!(
+        text(&output).contains("uid 65534 is neither root nor in the admin group"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn socket_mode_rejects_other_user() {
+    let lab = lab();
+    let output = status_as_nobody(&lab, &["--clear-groups"]);
+    assert_eq!(output.status.code(), Some(6), "{}", text(&output));
+    assert!(
+        text(&output).contains("Permission denied"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn admin_group_member_is_accepted() {
+    let lab = lab();
+    let output = status_as_nobody(&lab, &["--groups", ADMIN_GID]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("interface   g0"),
+        "{}",
+        text(&output)
+    );
+}

@@ -1,0 +1,214 @@
+//! Stopping, killing and restarting the real daemon: enforcement continues from the pinned
+//! program, a restart adopts it, a crash loses no committed grant and keeps none that was not
+//! committed, and `enforcer detach` removes it.
+
+mod controller_support;
+
+use std::{
+    collections::BTreeSet,
+    sync::atomic::{AtomicBool, Ordering},
+    thread::sleep,
+    time::Duration,
+};
+
+use controller_support::{CLIENT, CLIENT_2, Gateway, POLICY, assert_missing, text};
+
+fn grant(lab: &Gateway, device: &str) {
+    let output = lab.cli(&[
+        "session",
+        "grant",
+        device,
+        "gateway-icmp",
+        "--duration",
+        "1h",
+    ]);
+    assert!(output.status.success(), "grant failed: {}", text(&output));
+}
+
+#[test]
+fn restart_adopts_pinned_program() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    grant(&lab, "laptop");
+    let before = lab.cli_json(&["status"]);
+    assert_eq!(before["adopted"], false);
+
+    let status = lab.stop("TERM");
+    assert!(
+        status.success(),
+        "SIGTERM must stop the daemon cleanly: {status}\n{}",
+        lab.log()
+    );
+    assert!(
+        lab.ping_from(CLIENT),
+        "the session must pass while the daemon is down"
+    );
+    assert!(
+        !lab.ping_from(CLIENT_2),
+        "no session must pass while the daemon is down"
+    );
+
+    lab.start();
+    let after = lab.cli_json(&["status"]);
+    assert_eq!(after["adopted"], true);
+    assert_eq!(after["program_id"], before["program_id"]);
+    assert!(
+        lab.ping_from(CLIENT),
+        "the session must pass after the restart"
+    );
+    assert!(!lab.ping_from(CLIENT_2));
+}
+
+#[test]
+fn detach_removes_program_and_pins() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    lab.stop("TERM");
+    assert!(!lab.ping_from(CLIENT_2));
+
+    let output = std::process::Command::new(controller_support::ENFORCER)
+        .args(["detach", "--config"])
+        .arg(lab.config_path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "detach failed: {}", text(&output));
+    assert_missing(&lab.pin_folder());
+    assert!(lab.ping_from(CLIENT_2), "nothing is enforced after detach");
+}
+
+#[test]
+fn crash_keeps_exactly_committed_grants() {
+    let mut policy = POLICY.to_owned();
+    for index in 0..150 {
+        policy.push_str(&format!(
+            "\n[[device]]\nname = \"bulk{index}\"\nowner = \"alice@example.com\"\naddresses = [\"198.51.100.{}\"]\n",
+            index + 1
+        ));
+    }
+    let mut lab = Gateway::new(&policy);
+    lab.start();
+    grant(&lab, "laptop");
+
+    // Grants stream from a second thread; the daemon is killed after 40 acknowledgements.
+    let acknowledged = std::sync::Mutex::new(BTreeSet::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let lab_ref = &lab;
+        let streamer = scope.spawn(|| {
+            for index in 0..150 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let name = format!("bulk{index}");
+                let output = lab_ref.cli(&[
+                    "--output",
+                    "json",
+                    "session",
+                    "grant",
+                    &name,
+                    "gateway-icmp",
+                    "--duration",
+                    "1h",
+                ]);
+                if output.status.success() {
+                    acknowledged.lock().unwrap().insert(name);
+                }
+            }
+        });
+        for _ in 0..600 {
+            if acknowledged.lock().unwrap().len() >= 40 {
+                break;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        // Kill through a second handle: the streamer keeps sending until told to stop.
+        let pid = lab_ref.daemon_pid().expect("the daemon is running");
+        let status = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        stop.store(true, Ordering::Relaxed);
+        streamer.join().unwrap();
+    });
+    lab.reap();
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(
+        acknowledged.len() >= 40,
+        "only {} grants were acknowledged",
+        acknowledged.len()
+    );
+
+    assert!(
+        lab.ping_from(CLIENT),
+        "a committed session must pass while the daemon is down"
+    );
+    assert!(
+        !lab.ping_from(CLIENT_2),
+        "no packet may pass without a session while it is down"
+    );
+
+    lab.start();
+    let kernel: BTreeSet<(u64, u64)> = lab
+        .kernel_sessions()
+        .into_iter()
+        .map(|(key, _)| (u64::from(key.device_id), u64::from(key.resource_id)))
+        .collect();
+    let stored: BTreeSet<(u64, u64)> = lab
+        .cli_json(&["session", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["device_id"].as_u64().unwrap(),
+                row["resource_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kernel, stored,
+        "the kernel map must hold exactly the committed sessions"
+    );
+
+    let devices = lab.cli_json(&["device", "list"]);
+    for name in &acknowledged {
+        let id = devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|device| device["name"] == name.as_str())
+            .and_then(|device| device["id"].as_u64())
+            .unwrap();
+        assert!(
+            kernel.iter().any(|(device_id, _)| *device_id == id),
+            "acknowledged grant of {name} (device {id}) is missing from the kernel map"
+        );
+    }
+    assert!(lab.ping_from(CLIENT));
+    assert!(!lab.ping_from(CLIENT_2));
+}
+
+#[test]
+fn second_daemon_exits_already_running() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    let output = lab.spawn_daemon().wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(lab.log().contains("already running"), "{}", lab.log());
+    assert!(
+        lab.cli(&["status"]).status.success(),
+        "the first daemon keeps running"
+    );
+}
+
+#[test]
+fn invalid_policy_prevents_start() {
+    let lab = Gateway::new(&POLICY.replace("session = \"1h\"", "session = \"forever\""));
+    let status = lab.spawn_daemon().wait().unwrap();
+    assert!(!status.success());
+    let log = lab.log();
+    assert!(log.contains("policy.toml:5"), "{log}");
+    assert!(log.contains("\"forever\""), "{log}");
+    assert_missing(&lab.pin_folder());
+}
