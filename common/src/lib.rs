@@ -213,7 +213,10 @@ pub struct FragmentValue {
     pub resource_id: u32,
     /// 1 when the first fragment passed.
     pub allowed: u8,
-    pub _pad: [u8; 7],
+    /// Verdict counter (`counters::PASS_*`) the first fragment bumped; every later fragment of
+    /// an allowed datagram bumps it too.
+    pub counter: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Value of the one-entry `CONFIG` array.
@@ -225,6 +228,9 @@ pub struct Config {
     /// `CONFIG_FLAG_*` bits.
     pub flags: u64,
 }
+
+/// Punt interval used while `Config::punt_interval_ns` is zero.
+pub const DEFAULT_PUNT_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// Every protected resource behaves as if in monitor mode.
 pub const CONFIG_FLAG_MONITOR_ALL: u64 = 1;
@@ -274,6 +280,70 @@ pub mod counters {
         "punt_rate_limited",
         "punt_lost",
     ];
+}
+
+/// IP protocol numbers (IANA) the data path treats specially.
+pub mod ip_protocol {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const AUTHENTICATION: u8 = 51;
+    pub const ICMPV6: u8 = 58;
+    pub const DESTINATION_OPTIONS: u8 = 60;
+    pub const SCTP: u8 = 132;
+    pub const UDP_LITE: u8 = 136;
+
+    /// Returns true for the IPv6 extension headers the parser walks: hop-by-hop options,
+    /// routing, fragment, destination options and authentication.
+    pub const fn is_ipv6_extension(next_header: u8) -> bool {
+        matches!(
+            next_header,
+            HOP_BY_HOP | ROUTING | FRAGMENT | DESTINATION_OPTIONS | AUTHENTICATION
+        )
+    }
+
+    /// Returns the minimum L4 header length the parser requires, and whether the protocol
+    /// carries a source and destination port in its first four bytes.
+    pub const fn l4_header(protocol: u8) -> (usize, bool) {
+        match protocol {
+            TCP => (20, true),
+            UDP | UDP_LITE => (8, true),
+            SCTP => (12, true),
+            ICMP | ICMPV6 => (8, false),
+            _ => (0, false),
+        }
+    }
+}
+
+/// The Internet checksum (RFC 1071) on byte slices, shared by the XDP program's reply builder
+/// and user space.
+pub mod checksum {
+    /// Adds `bytes` as big-endian 16-bit words to the running sum `sum`; an odd last byte is
+    /// padded with zero. The sum stays exact for inputs below 128 KiB.
+    #[inline(always)]
+    pub fn add(mut sum: u32, bytes: &[u8]) -> u32 {
+        let mut index = 0;
+        while index + 1 < bytes.len() {
+            sum += u16::from_be_bytes([bytes[index], bytes[index + 1]]) as u32;
+            index += 2;
+        }
+        if index < bytes.len() {
+            sum += (bytes[index] as u32) << 8;
+        }
+        sum
+    }
+
+    /// Folds a running sum to 16 bits and returns its one's complement, ready to store.
+    #[inline(always)]
+    pub fn finish(sum: u32) -> u16 {
+        // Two folds suffice for any u32: the first leaves at most 0x1fffe.
+        let folded = (sum & 0xffff) + (sum >> 16);
+        let folded = (folded & 0xffff) + (folded >> 16);
+        !(folded as u16)
+    }
 }
 
 #[cfg(feature = "user")]

@@ -1,20 +1,40 @@
 //! The enforcer XDP program. For every packet on the client-facing interface it finds the
 //! device (source address) and the resource (destination prefix, protocol and port), and
 //! passes the packet only while the (device, resource) session is live.
+//!
+//! Order of the checks, which the reference classifier in user space mirrors:
+//! 1. L2 and the IP addresses; not IP passes, an unreadable header is dropped as malformed.
+//! 2. Destination prefix (LPM); no prefix passes untouched.
+//! 3. Full parse (IP header, extension headers, L4); failure is dropped as malformed.
+//! 4. Later fragments take the verdict recorded for their datagram's first fragment.
+//! 5. First matching rule of the prefix; no match passes untouched.
+//! 6. Device by source address, then its MAC binding, then the session and its expiry.
+//! 7. A deny is punted, then passed (monitor), dropped, or answered (reject).
 #![no_std]
 #![no_main]
 
+mod packet;
+mod parse;
+mod reply;
+
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+    bindings::{
+        BPF_F_NO_PREALLOC,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    },
     helpers::bpf_ktime_get_boot_ns,
     macros::{map, xdp},
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use common::{
-    DeviceEntry, MAX_RULES_PER_PREFIX, PROTOCOL_ANY, PrefixRules, RULE_FLAG_ANY_PORT,
-    RULE_FLAG_MONITOR, ResourceRule, SessionKey, SessionValue, counters,
+    Action, CONFIG_FLAG_MONITOR_ALL, Config, DEFAULT_PUNT_INTERVAL_NS, DEVICE_FLAG_MAC_BOUND,
+    DeviceEntry, FragmentKey, FragmentValue, MAX_RULES_PER_PREFIX, PROTOCOL_ANY, PrefixRules,
+    PuntEvent, RULE_FLAG_ANY_PORT, RULE_FLAG_MONITOR, Reason, ResourceRule, SessionKey,
+    SessionValue, UNKNOWN_DEVICE_ID, UNKNOWN_RESOURCE_ID, counters,
 };
+
+use crate::parse::{Flow, Fragment, Link, Network, Packet};
 
 #[map]
 static DEVICES_V4: HashMap<[u8; 4], DeviceEntry> = HashMap::with_max_entries(65536, 0);
@@ -24,138 +44,195 @@ static DEVICES_V6: HashMap<[u8; 16], DeviceEntry> = HashMap::with_max_entries(65
 
 #[map]
 static PREFIXES_V4: LpmTrie<[u8; 4], PrefixRules> =
-    LpmTrie::with_max_entries(16384, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+    LpmTrie::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
 #[map]
 static PREFIXES_V6: LpmTrie<[u8; 16], PrefixRules> =
-    LpmTrie::with_max_entries(16384, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+    LpmTrie::with_max_entries(16384, BPF_F_NO_PREALLOC);
 
+/// Sessions are a plain hash map: an LRU map would evict live sessions under pressure.
 #[map]
 static SESSIONS: HashMap<SessionKey, SessionValue> = HashMap::with_max_entries(1 << 20, 0);
+
+/// Verdicts of first fragments. Eviction only makes later fragments of that datagram drop.
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> = LruHashMap::with_max_entries(65536, 0);
+
+/// Boot time of the last punt per (device, resource).
+#[map]
+static PUNT_LIMITS: LruHashMap<SessionKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static PUNTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// Entry point for interfaces whose frames start with an Ethernet header.
 #[xdp]
 pub fn enforcer_eth(ctx: XdpContext) -> u32 {
-    try_enforce(&ctx).unwrap_or(XDP_ABORTED)
+    enforce(&ctx, Link::Ethernet)
 }
 
-/// Returns a pointer to a `T` at `offset` bytes into the packet, or `None` when the packet is
-/// too short to hold it.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
+/// Entry point for raw-IP interfaces (tun, WireGuard); no MAC binding applies.
+#[xdp]
+pub fn enforcer_ip(ctx: XdpContext) -> u32 {
+    enforce(&ctx, Link::RawIp)
 }
 
 #[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    // SAFETY: `ptr_at` checked that the packet holds a `T` at `offset`; the read is unaligned
-    // because packet headers carry no alignment guarantee.
-    ptr_at::<T>(ctx, offset).map(|ptr| unsafe { ptr.read_unaligned() })
-}
-
-#[inline(always)]
-fn verdict(counter: u32, action: u32) -> Result<u32, ()> {
+fn count(counter: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: the per-CPU slot belongs to this CPU for the duration of the program.
+        // SAFETY: the per-CPU slot belongs to this CPU while the program runs.
         unsafe { *slot += 1 };
     }
-    Ok(action)
-}
-
-/// Destination of a parsed packet, enough to classify it.
-struct Flow {
-    protocol: u8,
-    dst_port: Option<u16>,
 }
 
 #[inline(always)]
-fn try_enforce(ctx: &XdpContext) -> Result<u32, ()> {
-    let Some(ethertype) = read::<[u8; 2]>(ctx, 12) else {
-        return verdict(counters::PASS_NOT_IP, XDP_PASS);
-    };
-    match u16::from_be_bytes(ethertype) {
-        ETH_P_IPV4 => enforce_ipv4(ctx, ETH_HLEN),
-        ETH_P_IPV6 => enforce_ipv6(ctx, ETH_HLEN),
-        _ => verdict(counters::PASS_NOT_IP, XDP_PASS),
-    }
+fn verdict(counter: u32, action: u32) -> u32 {
+    count(counter);
+    action
 }
 
 #[inline(always)]
-fn enforce_ipv4(ctx: &XdpContext, l3: usize) -> Result<u32, ()> {
-    let Some(header) = read::<[u8; 20]>(ctx, l3) else {
-        return verdict(counters::DENY_MALFORMED, XDP_DROP);
-    };
-    let src: [u8; 4] = [header[12], header[13], header[14], header[15]];
-    let dst: [u8; 4] = [header[16], header[17], header[18], header[19]];
-    let Some(rules) = PREFIXES_V4.get(Key::new(32, dst)) else {
-        return verdict(counters::PASS_UNPROTECTED, XDP_PASS);
-    };
-
-    let ihl = (header[0] & 0x0f) as usize * 4;
-    if header[0] >> 4 != 4 || ihl < 20 {
-        return verdict(counters::DENY_MALFORMED, XDP_DROP);
-    }
-    let protocol = header[9];
-    let Some(flow) = parse_l4(ctx, l3 + ihl, protocol) else {
-        return verdict(counters::DENY_MALFORMED, XDP_DROP);
-    };
-
-    // SAFETY: map values are only read; user space replaces them whole.
-    let device = unsafe { DEVICES_V4.get(src) }.copied();
-    enforce(rules, device, &flow)
+fn boot_ns() -> u64 {
+    // SAFETY: the helper takes no arguments; it exists since Linux 5.8.
+    unsafe { bpf_ktime_get_boot_ns() }
 }
 
 #[inline(always)]
-fn enforce_ipv6(ctx: &XdpContext, l3: usize) -> Result<u32, ()> {
-    let Some(header) = read::<[u8; 40]>(ctx, l3) else {
-        return verdict(counters::DENY_MALFORMED, XDP_DROP);
-    };
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&header[8..24]);
-    dst.copy_from_slice(&header[24..40]);
-    let Some(rules) = PREFIXES_V6.get(Key::new(128, dst)) else {
-        return verdict(counters::PASS_UNPROTECTED, XDP_PASS);
-    };
-
-    // NOTE: extension headers are not walked yet, so any chain is treated as malformed.
-    let Some(flow) = parse_l4(ctx, l3 + 40, header[6]) else {
-        return verdict(counters::DENY_MALFORMED, XDP_DROP);
-    };
-
-    // SAFETY: as in `enforce_ipv4`.
-    let device = unsafe { DEVICES_V6.get(src) }.copied();
-    enforce(rules, device, &flow)
+fn config() -> Config {
+    CONFIG.get(0).copied().unwrap_or_default()
 }
 
-#[inline(always)]
-fn parse_l4(ctx: &XdpContext, l4: usize, protocol: u8) -> Option<Flow> {
-    match protocol {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let ports = read::<[u8; 4]>(ctx, l4)?;
-            Some(Flow {
-                protocol,
-                dst_port: Some(u16::from_be_bytes([ports[2], ports[3]])),
-            })
+/// Outcome of classifying a packet that parsed.
+struct Decision {
+    device_id: u32,
+    resource_id: u32,
+    /// `None` for a pass.
+    reason: Option<Reason>,
+    /// Verdict counter of a pass.
+    pass_counter: u32,
+    action: Action,
+    monitor: bool,
+}
+
+impl Decision {
+    #[inline(always)]
+    fn pass(counter: u32, device_id: u32, resource_id: u32) -> Self {
+        Self {
+            device_id,
+            resource_id,
+            reason: None,
+            pass_counter: counter,
+            action: Action::Drop,
+            monitor: false,
         }
-        0 | 43 | 44 | 60 | 51 => None,
-        _ => Some(Flow {
-            protocol,
-            dst_port: None,
-        }),
+    }
+
+    #[inline(always)]
+    fn deny(reason: Reason, device_id: u32, rule: &ResourceRule, monitor: bool) -> Self {
+        Self {
+            device_id,
+            resource_id: rule.resource_id,
+            reason: Some(reason),
+            pass_counter: counters::PASS_MONITOR,
+            action: if rule.action == Action::Reject as u8 {
+                Action::Reject
+            } else {
+                Action::Drop
+            },
+            monitor,
+        }
+    }
+}
+
+#[inline(always)]
+fn enforce(ctx: &XdpContext, link: Link) -> u32 {
+    let network = match parse::network(ctx, link) {
+        Ok(Some(network)) => network,
+        Ok(None) => return verdict(counters::PASS_NOT_IP, XDP_PASS),
+        Err(parse::Malformed) => return deny_malformed(None),
+    };
+    let Some(rules) = prefix_rules(&network) else {
+        return verdict(counters::PASS_UNPROTECTED, XDP_PASS);
+    };
+    let packet = match parse::transport(ctx, &network) {
+        Ok(packet) => packet,
+        Err(parse::Malformed) => return deny_malformed(Some(&network)),
+    };
+    if packet.fragment == Fragment::Later {
+        return later_fragment(&network, &packet);
+    }
+
+    let reply_allowed = reply::allowed(&network, &packet);
+    let config = config();
+    let decision = decide(link, &network, &packet.flow, rules, &config);
+    if packet.fragment == Fragment::First {
+        record_fragment(&network, &packet, &decision);
+    }
+    let Some(reason) = decision.reason else {
+        return verdict(decision.pass_counter, XDP_PASS);
+    };
+
+    punt(
+        &network,
+        &packet.flow,
+        decision.device_id,
+        decision.resource_id,
+        reason,
+        decision.monitor,
+        &config,
+    );
+    if decision.monitor {
+        return verdict(counters::PASS_MONITOR, XDP_PASS);
+    }
+    count(deny_counter(reason));
+    if decision.action == Action::Drop || !reply_allowed {
+        return XDP_DROP;
+    }
+    match reply::build(ctx, &network, &packet) {
+        Ok(()) => verdict(counters::REJECT_SENT, XDP_TX),
+        Err(reply::ReplyFailed) => verdict(counters::REJECT_FAILED, XDP_DROP),
+    }
+}
+
+#[inline(always)]
+fn deny_counter(reason: Reason) -> u32 {
+    match reason {
+        Reason::UnknownDevice => counters::DENY_UNKNOWN_DEVICE,
+        Reason::NoSession => counters::DENY_NO_SESSION,
+        Reason::Expired => counters::DENY_EXPIRED,
+        Reason::Malformed => counters::DENY_MALFORMED,
+        Reason::WrongMac => counters::DENY_WRONG_MAC,
+        Reason::Fragment => counters::DENY_FRAGMENT,
+    }
+}
+
+#[inline(always)]
+fn prefix_rules(network: &Network) -> Option<&'static PrefixRules> {
+    if network.version == 4 {
+        let mut address = [0u8; 4];
+        address.copy_from_slice(&network.dst[..4]);
+        PREFIXES_V4.get(Key::new(32, address))
+    } else {
+        PREFIXES_V6.get(Key::new(128, network.dst))
+    }
+}
+
+#[inline(always)]
+fn device(network: &Network) -> Option<DeviceEntry> {
+    if network.version == 4 {
+        let mut address = [0u8; 4];
+        address.copy_from_slice(&network.src[..4]);
+        // SAFETY: the value is copied out at once; user space replaces entries whole.
+        unsafe { DEVICES_V4.get(address) }.copied()
+    } else {
+        // SAFETY: as above.
+        unsafe { DEVICES_V6.get(network.src) }.copied()
     }
 }
 
@@ -167,14 +244,28 @@ fn rule_matches(rule: &ResourceRule, flow: &Flow) -> bool {
     if rule.flags & RULE_FLAG_ANY_PORT != 0 {
         return true;
     }
-    match flow.dst_port {
-        Some(port) => rule.port_lo <= port && port <= rule.port_hi,
-        None => false,
-    }
+    flow.has_ports && rule.port_lo <= flow.dst_port && flow.dst_port <= rule.port_hi
 }
 
 #[inline(always)]
-fn enforce(rules: &PrefixRules, device: Option<DeviceEntry>, flow: &Flow) -> Result<u32, ()> {
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let mut same = true;
+    for index in 0..6 {
+        same &= a[index] == b[index];
+    }
+    same
+}
+
+/// Classifies a packet whose destination has a prefix entry: first matching rule, device,
+/// MAC binding, session.
+#[inline(always)]
+fn decide(
+    link: Link,
+    network: &Network,
+    flow: &Flow,
+    rules: &PrefixRules,
+    config: &Config,
+) -> Decision {
     let mut matched: Option<ResourceRule> = None;
     for index in 0..MAX_RULES_PER_PREFIX {
         if index as u32 >= rules.count {
@@ -187,35 +278,191 @@ fn enforce(rules: &PrefixRules, device: Option<DeviceEntry>, flow: &Flow) -> Res
         }
     }
     let Some(rule) = matched else {
-        return verdict(counters::PASS_UNPROTECTED, XDP_PASS);
+        return Decision::pass(
+            counters::PASS_UNPROTECTED,
+            UNKNOWN_DEVICE_ID,
+            UNKNOWN_RESOURCE_ID,
+        );
     };
 
-    let monitor = rule.flags & RULE_FLAG_MONITOR != 0;
-    let Some(device) = device else {
-        return deny(counters::DENY_UNKNOWN_DEVICE, monitor);
+    let monitor =
+        rule.flags & RULE_FLAG_MONITOR != 0 || config.flags & CONFIG_FLAG_MONITOR_ALL != 0;
+    let Some(device) = device(network) else {
+        return Decision::deny(Reason::UnknownDevice, UNKNOWN_DEVICE_ID, &rule, monitor);
     };
+    let mac_bound = device.flags & DEVICE_FLAG_MAC_BOUND != 0;
+    if link == Link::Ethernet && mac_bound && !same_mac(&device.mac, &network.src_mac) {
+        return Decision::deny(Reason::WrongMac, device.device_id, &rule, monitor);
+    }
+
     let key = SessionKey {
         device_id: device.device_id,
         resource_id: rule.resource_id,
     };
-    // SAFETY: as in `enforce_ipv4`.
+    // SAFETY: the value is copied out at once; user space replaces entries whole.
     let Some(session) = (unsafe { SESSIONS.get(key) }).copied() else {
-        return deny(counters::DENY_NO_SESSION, monitor);
+        return Decision::deny(Reason::NoSession, device.device_id, &rule, monitor);
     };
-    // SAFETY: the helper takes no arguments and exists since Linux 5.8.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if now < session.expires_at_boot_ns {
-        return verdict(counters::PASS_SESSION, XDP_PASS);
+    if boot_ns() >= session.expires_at_boot_ns {
+        return Decision::deny(Reason::Expired, device.device_id, &rule, monitor);
     }
-    deny(counters::DENY_EXPIRED, monitor)
+    Decision::pass(counters::PASS_SESSION, device.device_id, rule.resource_id)
 }
 
 #[inline(always)]
-fn deny(counter: u32, monitor: bool) -> Result<u32, ()> {
-    if monitor {
-        return verdict(counters::PASS_MONITOR, XDP_PASS);
+fn fragment_key(network: &Network, packet: &Packet) -> FragmentKey {
+    FragmentKey {
+        src: network.src,
+        dst: network.dst,
+        id: packet.fragment_id,
+        protocol: packet.fragment_protocol,
+        ip_version: network.version,
+        _pad: [0; 2],
     }
-    verdict(counter, XDP_DROP)
+}
+
+#[inline(always)]
+fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
+    let allowed = decision.reason.is_none() || decision.monitor;
+    let counter = if decision.reason.is_none() {
+        decision.pass_counter
+    } else {
+        counters::PASS_MONITOR
+    };
+    let value = FragmentValue {
+        device_id: decision.device_id,
+        resource_id: decision.resource_id,
+        allowed: allowed as u8,
+        counter: counter as u8,
+        _pad: [0; 6],
+    };
+    // A full LRU map evicts; an error here leaves the later fragments to be dropped.
+    let _ = FRAGMENTS.insert(fragment_key(network, packet), value, 0);
+}
+
+/// Passes a later fragment only when its datagram's first fragment passed.
+#[inline(always)]
+fn later_fragment(network: &Network, packet: &Packet) -> u32 {
+    // SAFETY: the value is copied out at once.
+    let recorded = unsafe { FRAGMENTS.get(fragment_key(network, packet)) }.copied();
+    let (device_id, resource_id) = match recorded {
+        Some(value) if value.allowed != 0 => return verdict(value.counter as u32, XDP_PASS),
+        Some(value) => (value.device_id, value.resource_id),
+        None => (UNKNOWN_DEVICE_ID, UNKNOWN_RESOURCE_ID),
+    };
+    punt(
+        network,
+        &packet.flow,
+        device_id,
+        resource_id,
+        Reason::Fragment,
+        false,
+        &config(),
+    );
+    verdict(counters::DENY_FRAGMENT, XDP_DROP)
+}
+
+#[inline(always)]
+fn deny_malformed(network: Option<&Network>) -> u32 {
+    let flow = Flow {
+        protocol: 0,
+        has_ports: false,
+        src_port: 0,
+        dst_port: 0,
+    };
+    let config = config();
+    match network {
+        Some(network) => punt(
+            network,
+            &flow,
+            UNKNOWN_DEVICE_ID,
+            UNKNOWN_RESOURCE_ID,
+            Reason::Malformed,
+            false,
+            &config,
+        ),
+        None => {
+            let unknown = Network {
+                l3: 0,
+                version: 0,
+                src: [0; 16],
+                dst: [0; 16],
+                src_mac: [0; 6],
+            };
+            punt(
+                &unknown,
+                &flow,
+                UNKNOWN_DEVICE_ID,
+                UNKNOWN_RESOURCE_ID,
+                Reason::Malformed,
+                false,
+                &config,
+            )
+        }
+    }
+    verdict(counters::DENY_MALFORMED, XDP_DROP)
+}
+
+/// Sends a punt event unless one for the same (device, resource) went out less than the punt
+/// interval ago.
+#[inline(always)]
+fn punt(
+    network: &Network,
+    flow: &Flow,
+    device_id: u32,
+    resource_id: u32,
+    reason: Reason,
+    monitor: bool,
+    config: &Config,
+) {
+    let now = boot_ns();
+    let key = SessionKey {
+        device_id,
+        resource_id,
+    };
+    let interval = if config.punt_interval_ns == 0 {
+        DEFAULT_PUNT_INTERVAL_NS
+    } else {
+        config.punt_interval_ns
+    };
+    match PUNT_LIMITS.get_ptr_mut(key) {
+        Some(last) => {
+            // SAFETY: the pointer is to this map value; a racing CPU writes a time as well.
+            let last = unsafe { &mut *last };
+            if now.wrapping_sub(*last) < interval {
+                count(counters::PUNT_RATE_LIMITED);
+                return;
+            }
+            *last = now;
+        }
+        None => {
+            let _ = PUNT_LIMITS.insert(key, now, 0);
+        }
+    }
+
+    let Some(mut entry) = PUNTS.reserve::<PuntEvent>(0) else {
+        count(counters::PUNT_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved ring buffer record of `PuntEvent` size that this
+    // program owns until submit. Fields are written one by one, so no copy of the whole event
+    // lands on the 512-byte BPF stack, and every byte is written before submit.
+    unsafe {
+        (*event).timestamp_boot_ns = now;
+        (*event).device_id = device_id;
+        (*event).resource_id = resource_id;
+        (*event).src = network.src;
+        (*event).dst = network.dst;
+        (*event).src_port = flow.src_port;
+        (*event).dst_port = flow.dst_port;
+        (*event).protocol = flow.protocol;
+        (*event).reason = reason as u8;
+        (*event).ip_version = network.version;
+        (*event).monitor = monitor as u8;
+    }
+    entry.submit(0);
+    count(counters::PUNT_SENT);
 }
 
 #[cfg(not(test))]

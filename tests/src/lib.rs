@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+pub mod datapath;
 pub mod lab;
+pub mod packets;
 
 /// Prefix of every namespace the tests create, so stale ones are easy to find and remove.
 pub const NETNS_PREFIX: &str = "enft-";

@@ -4,6 +4,7 @@
 pub mod bench_objects;
 pub mod maps;
 pub mod pins;
+pub mod reference;
 
 use std::net::IpAddr;
 
