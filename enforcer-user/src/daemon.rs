@@ -17,6 +17,7 @@ use crate::{
     dataplane::{
         Dataplane, DataplaneError,
         pins::{self, Attachment},
+        punts::PuntReader,
     },
     engine::{Engine, EngineError, ReloadReport},
     http::{self, HttpError},
@@ -78,6 +79,9 @@ pub struct DaemonState {
     pub engine: Arc<Mutex<Engine<Dataplane>>>,
     pub attachment: Arc<Attachment>,
     pub idp: Arc<Mutex<IdpHealth>>,
+    /// Reader of the punt ring buffer; the reauth responder takes it once at start. `None`
+    /// when the XDP program has no `PUNTS` map.
+    pub punts: Arc<Mutex<Option<PuntReader>>>,
 }
 
 impl DaemonState {
@@ -147,6 +151,8 @@ pub fn start(config: Config) -> Result<DaemonState, DaemonError> {
         if attachment.adopted { "adopted pinned XDP program" } else { "attached XDP program" }
     );
 
+    let mut dataplane = dataplane;
+    let punts = dataplane.take_punts()?;
     let mut engine = Engine::new(
         store.clone(),
         dataplane,
@@ -162,6 +168,7 @@ pub fn start(config: Config) -> Result<DaemonState, DaemonError> {
         engine: Arc::new(Mutex::new(engine)),
         attachment: Arc::new(attachment),
         idp: Arc::default(),
+        punts: Arc::new(Mutex::new(punts)),
     })
 }
 

@@ -22,6 +22,15 @@
 //! - `metrics`: the Prometheus exposition of counters, sessions and map use.
 //! - `http`: the portal and metrics listeners. The portal merges its routes into
 //!   `http::portal_router`, which shares `daemon::DaemonState` with every route.
+//!
+//! # Where the identity side plugs in
+//! - A completed sign-in calls `DaemonState::lock_engine().sign_in(device_id, user, auth)`
+//!   from a blocking thread. `auth.at` is the ID token's `auth_time` placed on both clocks
+//!   with `clock::instant_at_wall`, so the expiry is converted to CLOCK_BOOTTIME once.
+//! - The device of a portal request is `Store::device_by_address` of its source address.
+//! - The IdP client reports reachability in `DaemonState::idp`, which `enforcer status` and
+//!   the `enforcer_idp_up` metric show.
+//! - The reauth responder takes the punt reader from `DaemonState::punts` once.
 pub mod admin;
 pub mod cli;
 pub mod clock;

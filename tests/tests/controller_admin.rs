@@ -78,3 +78,47 @@ fn admin_group_member_is_accepted() {
         text(&output)
     );
 }
+
+#[test]
+fn device_lifecycle_through_cli() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    let enrolled = lab.cli_json(&[
+        "device",
+        "enroll",
+        "phone",
+        "--address",
+        "192.0.2.50",
+        "--address",
+        "2001:db8::50",
+        "--owner",
+        "alice@example.com",
+    ]);
+    let id = enrolled["id"].as_u64().unwrap();
+    assert_eq!(enrolled["source"], "admin");
+
+    let taken = lab.cli(&["device", "enroll", "tablet", "--address", "192.0.2.50"]);
+    assert_eq!(taken.status.code(), Some(5), "{}", text(&taken));
+    assert!(text(&taken).contains("192.0.2.50"), "{}", text(&taken));
+
+    let shown = lab.cli_json(&["device", "show", "phone"]);
+    assert_eq!(shown["device"]["id"].as_u64(), Some(id));
+    let explained = lab.cli_json(&["explain", "2001:db8::50", "192.0.2.1", "--protocol", "icmp"]);
+    assert_eq!(explained["device"], "phone");
+
+    let policy_device = lab.cli(&["device", "remove", "laptop"]);
+    assert_eq!(
+        policy_device.status.code(),
+        Some(5),
+        "{}",
+        text(&policy_device)
+    );
+
+    let removed = lab.cli(&["device", "remove", "phone"]);
+    assert!(removed.status.success(), "{}", text(&removed));
+    let missing = lab.cli(&["device", "show", "phone"]);
+    assert_eq!(missing.status.code(), Some(3), "{}", text(&missing));
+    let list = lab.cli(&["device", "list"]);
+    assert!(!text(&list).contains("phone"), "{}", text(&list));
+    assert!(text(&list).contains("laptop"), "{}", text(&list));
+}

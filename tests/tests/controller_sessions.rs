@@ -174,3 +174,66 @@ fn explain_reports_session_and_verdict() {
     ]);
     assert_eq!(unprotected["explanation"]["verdict"], "pass_unprotected");
 }
+
+#[test]
+fn sighup_reloads_policy() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    grant(&lab, "laptop", "1h");
+    assert!(lab.ping_from(CLIENT));
+
+    lab.write_policy(&POLICY.replace(
+        "users = [\"alice@example.com\"]",
+        "users = [\"bob@example.com\"]",
+    ));
+    lab.signal("HUP");
+    // The reload runs on the daemon's own schedule; wait up to 5 s for its audit entry.
+    let mut reloaded = false;
+    for _ in 0..50 {
+        let audit = lab.cli_json(&["audit", "-n", "1"]);
+        if audit[0]["kind"] == "policy_change" {
+            assert_eq!(audit[0]["actor"], "signal:SIGHUP");
+            reloaded = true;
+            break;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    assert!(reloaded, "SIGHUP did not reload the policy:\n{}", lab.log());
+    assert!(
+        !lab.ping_from(CLIENT),
+        "the reloaded policy no longer allows the session"
+    );
+}
+
+#[test]
+fn metrics_export_sessions_and_counters() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    grant(&lab, "laptop", "1h");
+    assert!(lab.ping_from(CLIENT));
+    assert!(!lab.ping_from(CLIENT_2));
+
+    let metrics = lab.metrics();
+    assert!(
+        metrics.contains("enforcer_sessions{state=\"live\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("enforcer_grants_total 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("enforcer_session_map_capacity "),
+        "{metrics}"
+    );
+    let passed = counter(&metrics, "pass_session");
+    let denied = counter(&metrics, "deny_no_session");
+    assert!(passed >= 1, "pass_session is {passed}:\n{metrics}");
+    assert!(denied >= 1, "deny_no_session is {denied}:\n{metrics}");
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    let prefix = format!("enforcer_xdp_packets_total{{counter=\"{name}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}

@@ -27,6 +27,9 @@ pub trait KernelMaps {
 
     /// Maximum number of entries of the `SESSIONS` map.
     fn session_capacity(&self) -> u32;
+
+    /// Writes the program's global settings (`CONFIG` map).
+    fn set_config(&mut self, config: common::Config) -> Result<(), DataplaneError>;
 }
 
 /// Maps held in memory with the kernel's semantics for a full hash map: inserting a new key
@@ -38,6 +41,7 @@ pub struct MemoryMaps {
     pub sessions: BTreeMap<SessionKey, SessionValue>,
     /// Maximum number of sessions; 0 means the kernel default of `SESSIONS`.
     pub session_capacity: u32,
+    pub config: Option<common::Config>,
 }
 
 /// Default capacity of `SESSIONS` in the XDP object.
@@ -92,6 +96,11 @@ impl KernelMaps for MemoryMaps {
 
     fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>, DataplaneError> {
         Ok(self.sessions.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn set_config(&mut self, config: common::Config) -> Result<(), DataplaneError> {
+        self.config = Some(config);
+        Ok(())
     }
 
     fn session_capacity(&self) -> u32 {

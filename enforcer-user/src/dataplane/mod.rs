@@ -4,6 +4,7 @@
 pub mod bench_objects;
 pub mod maps;
 pub mod pins;
+pub mod punts;
 pub mod reference;
 
 use std::net::IpAddr;
@@ -394,6 +395,18 @@ impl maps::KernelMaps for Dataplane {
             sessions.push(entry.map_err(|source| map_error(map_names::SESSIONS, source))?);
         }
         Ok(sessions)
+    }
+
+    fn set_config(&mut self, config: common::Config) -> Result<(), DataplaneError> {
+        // NOTE: the XDP program may not define CONFIG yet; until it does, the punt interval
+        // and the monitor-all flag are not applied and this write is skipped.
+        if !self.maps.contains_key(map_names::CONFIG) {
+            return Ok(());
+        }
+        let mut map: aya::maps::Array<&mut MapData, common::Config> =
+            self.map_mut(map_names::CONFIG)?;
+        map.set(0, config, 0)
+            .map_err(|source| map_error(map_names::CONFIG, source))
     }
 
     fn session_capacity(&self) -> u32 {

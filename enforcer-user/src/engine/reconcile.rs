@@ -55,6 +55,10 @@ impl<M: KernelMaps> Engine<M> {
         let now = self.clock.now();
         let (desired_sessions, purge) = self.desired_sessions(&now)?;
 
+        self.maps.set_config(common::Config {
+            punt_interval_ns: self.policy.punt_interval.as_nanos() as u64,
+            flags: 0,
+        })?;
         let current_devices: HashMap<IpAddr, DeviceEntry> =
             self.maps.devices()?.into_iter().collect();
         let current_sessions: HashMap<SessionKey, SessionValue> =

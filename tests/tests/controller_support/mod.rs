@@ -25,6 +25,9 @@ pub const CLIENT_2: &str = "192.0.2.3";
 /// Gateway address, the protected resource of the policy.
 pub const GATEWAY: &str = "192.0.2.1";
 
+/// Metrics listener inside the gateway namespace, whose loopback belongs to this test alone.
+pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
+
 /// Binary of the daemon and CLI.
 pub const ENFORCER: &str = env!("CARGO_BIN_EXE_enforcer-under-test");
 
@@ -127,9 +130,12 @@ socket = "admin.sock"
 {extra}
 [portal]
 listen = "127.0.0.1:0"
+[metrics]
+listen = "{metrics}"
 "#,
             pins = self.pin_root.display(),
             extra = self.extra_config,
+            metrics = METRICS_LISTEN,
         );
         fs::write(self.config_path(), config).unwrap();
     }
@@ -265,6 +271,29 @@ listen = "127.0.0.1:0"
             })
             .unwrap_or(0);
         count - received
+    }
+
+    /// Fetches the Prometheus metrics page from inside the gateway namespace.
+    pub fn metrics(&self) -> String {
+        let url = format!("http://{METRICS_LISTEN}/metrics");
+        let output = self
+            .gateway
+            .exec(&["curl", "-sf", "--max-time", "5", &url])
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Sends `signal` to the running daemon without waiting for it.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .daemon_pid()
+            .expect("the daemon is running")
+            .to_string();
+        let status = Command::new("kill")
+            .args(["-s", signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {signal} {pid} failed");
     }
 
     /// Reads the pinned SESSIONS map directly from bpffs.
