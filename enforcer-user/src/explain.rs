@@ -1,24 +1,26 @@
-//! `enforcer explain`: classifies a packet the way the XDP program does, over the current map
-//! contents, and says which device and resource match, whether a session is live and the
-//! verdict.
+//! `enforcer explain`: says which device and resource a packet matches, whether its session is
+//! live and until when, and the verdict.
 //!
-//! NOTE: this classifier mirrors the XDP program's lookup (longest prefix, then the first rule
-//! whose protocol and port match). It reads parsed header fields, so it does not explain
-//! malformed packets, fragments or VLAN tags; the data path's reference classifier, once it
-//! exists in `dataplane::reference`, is the one to plug in here.
+//! The verdict comes from the data path's reference classifier (`dataplane::reference`), run
+//! on a packet built from the request over the current map contents. The matched device, rule
+//! and session are looked up here with the same rules (longest prefix, then the first rule
+//! whose protocol and port match) so they can be shown.
+//!
+//! NOTE: the packet is built as raw IP, so the source-MAC check of MAC-bound devices is not
+//! part of the verdict; `Explanation::mac_bound` says when it would apply.
 
 use std::net::IpAddr;
 
 use common::{
     Action, DEVICE_FLAG_MAC_BOUND, PROTOCOL_ANY, PrefixRules, RULE_FLAG_ANY_PORT,
-    RULE_FLAG_MONITOR, ResourceRule, SessionKey,
+    RULE_FLAG_MONITOR, ResourceRule, SessionKey, checksum, ip_protocol,
 };
 use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
     clock::{Instant, expiry_wall_ns},
-    dataplane::{DataplaneError, maps::KernelMaps},
+    dataplane::{DataplaneError, maps::KernelMaps, reference},
 };
 
 /// The packet to explain.
@@ -34,20 +36,45 @@ pub struct Packet {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    PassNotIp,
     PassUnprotected,
     PassSession,
     PassMonitor,
     DenyUnknownDevice,
     DenyNoSession,
     DenyExpired,
+    DenyMalformed,
+    DenyWrongMac,
+    DenyFragment,
 }
 
 impl Verdict {
     pub fn passes(self) -> bool {
         matches!(
             self,
-            Verdict::PassUnprotected | Verdict::PassSession | Verdict::PassMonitor
+            Verdict::PassNotIp
+                | Verdict::PassUnprotected
+                | Verdict::PassSession
+                | Verdict::PassMonitor
         )
+    }
+
+    /// Returns the verdict of a `common::counters` verdict counter.
+    pub fn from_counter(counter: u32) -> Option<Self> {
+        use common::counters::*;
+        Some(match counter {
+            PASS_NOT_IP => Verdict::PassNotIp,
+            PASS_UNPROTECTED => Verdict::PassUnprotected,
+            PASS_SESSION => Verdict::PassSession,
+            PASS_MONITOR => Verdict::PassMonitor,
+            DENY_UNKNOWN_DEVICE => Verdict::DenyUnknownDevice,
+            DENY_NO_SESSION => Verdict::DenyNoSession,
+            DENY_EXPIRED => Verdict::DenyExpired,
+            DENY_MALFORMED => Verdict::DenyMalformed,
+            DENY_WRONG_MAC => Verdict::DenyWrongMac,
+            DENY_FRAGMENT => Verdict::DenyFragment,
+            _ => return None,
+        })
     }
 }
 
@@ -77,6 +104,9 @@ pub struct Explanation {
     pub rule: Option<MatchedRule>,
     pub session: Option<SessionState>,
     pub verdict: Verdict,
+    /// What the program does with the packet: `pass`, `drop` or `reject` (a reply sent with
+    /// XDP_TX).
+    pub action: &'static str,
 }
 
 /// Classifies `packet` over the contents of `maps` at `now`.
@@ -96,9 +126,19 @@ pub fn explain(
         rule: None,
         session: None,
         verdict: Verdict::PassUnprotected,
+        action: "pass",
+    };
+    let prefixes = maps.prefixes()?;
+    let sessions = maps.sessions()?;
+    let outcome = reference_outcome(maps, &prefixes, &sessions, packet, now)?;
+    explanation.verdict =
+        Verdict::from_counter(outcome.verdict_counter).unwrap_or(Verdict::DenyMalformed);
+    explanation.action = match outcome.action {
+        reference::XdpAction::Pass => "pass",
+        reference::XdpAction::Drop => "drop",
+        reference::XdpAction::Tx => "reject",
     };
 
-    let prefixes = maps.prefixes()?;
     let Some((prefix, rules)) = longest_match(&prefixes, packet.destination) else {
         return Ok(explanation);
     };
@@ -116,43 +156,115 @@ pub fn explain(
         },
         monitor,
     });
-    let deny = |verdict| {
-        if monitor {
-            Verdict::PassMonitor
-        } else {
-            verdict
-        }
-    };
-
     let Some(device) = device else {
-        explanation.verdict = deny(Verdict::DenyUnknownDevice);
         return Ok(explanation);
     };
     let key = SessionKey {
         device_id: device.device_id,
         resource_id: rule.resource_id,
     };
-    let session = maps
-        .sessions()?
-        .into_iter()
-        .find(|(candidate, _)| *candidate == key)
-        .map(|(_, value)| value);
-    let Some(session) = session else {
-        explanation.verdict = deny(Verdict::DenyNoSession);
-        return Ok(explanation);
-    };
-    let live = now.boot_ns < session.expires_at_boot_ns;
-    explanation.session = Some(SessionState {
-        expires_at_boot_ns: session.expires_at_boot_ns,
-        expires_unix_ns: expiry_wall_ns(session.expires_at_boot_ns, now),
-        live,
-    });
-    explanation.verdict = if live {
-        Verdict::PassSession
-    } else {
-        deny(Verdict::DenyExpired)
-    };
+    if let Some((_, session)) = sessions.iter().find(|(candidate, _)| *candidate == key) {
+        explanation.session = Some(SessionState {
+            expires_at_boot_ns: session.expires_at_boot_ns,
+            expires_unix_ns: expiry_wall_ns(session.expires_at_boot_ns, now),
+            live: now.boot_ns < session.expires_at_boot_ns,
+        });
+    }
     Ok(explanation)
+}
+
+/// Runs the reference classifier on a raw-IP packet built from `packet`.
+fn reference_outcome(
+    maps: &impl KernelMaps,
+    prefixes: &[(IpNet, PrefixRules)],
+    sessions: &[(SessionKey, common::SessionValue)],
+    packet: &Packet,
+    now: &Instant,
+) -> Result<reference::Outcome, DataplaneError> {
+    let mut tables = reference::Tables {
+        devices: maps.devices()?.into_iter().collect(),
+        sessions: sessions.iter().copied().collect(),
+        ..reference::Tables::default()
+    };
+    for (prefix, rules) in prefixes {
+        tables
+            .prefixes
+            .insert(prefix.network(), prefix.prefix_len(), *rules);
+    }
+    let frame = build_packet(packet);
+    let mut state = reference::State::default();
+    Ok(reference::classify(
+        &frame,
+        reference::LinkKind::RawIp,
+        &tables,
+        &mut state,
+        now.boot_ns,
+    ))
+}
+
+/// Builds a raw IPv4 or IPv6 packet with a minimal L4 header for `packet`: TCP SYN, UDP,
+/// SCTP, ICMP or ICMPv6 echo request, or 8 zero bytes for other protocols. A source and
+/// destination of different families give an IPv6 packet with the IPv4 address mapped.
+pub fn build_packet(packet: &Packet) -> Vec<u8> {
+    let port = packet.port.unwrap_or(0).to_be_bytes();
+    let l4: Vec<u8> = match packet.protocol {
+        ip_protocol::TCP => {
+            let mut tcp = vec![0u8; 20];
+            tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            tcp[2..4].copy_from_slice(&port);
+            tcp[12] = 5 << 4;
+            tcp[13] = 0x02;
+            tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+            tcp
+        }
+        ip_protocol::UDP | ip_protocol::UDP_LITE => {
+            let mut udp = vec![0u8; 8];
+            udp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            udp[2..4].copy_from_slice(&port);
+            udp[4..6].copy_from_slice(&8u16.to_be_bytes());
+            udp
+        }
+        ip_protocol::SCTP => {
+            let mut sctp = vec![0u8; 12];
+            sctp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            sctp[2..4].copy_from_slice(&port);
+            sctp
+        }
+        ip_protocol::ICMP => vec![8, 0, 0, 0, 0, 1, 0, 1],
+        ip_protocol::ICMPV6 => vec![128, 0, 0, 0, 0, 1, 0, 1],
+        _ => vec![0u8; 8],
+    };
+    match (packet.source, packet.destination) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut header = vec![0u8; 20];
+            header[0] = 0x45;
+            header[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            header[6] = 0x40;
+            header[8] = 64;
+            header[9] = packet.protocol;
+            header[12..16].copy_from_slice(&src.octets());
+            header[16..20].copy_from_slice(&dst.octets());
+            let sum = checksum::finish(checksum::add(0, &header));
+            header[10..12].copy_from_slice(&sum.to_be_bytes());
+            header.extend_from_slice(&l4);
+            header
+        }
+        (src, dst) => {
+            let v6 = |address: IpAddr| match address {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            let mut header = vec![0u8; 40];
+            header[0] = 0x60;
+            header[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+            header[6] = packet.protocol;
+            header[7] = 64;
+            header[8..24].copy_from_slice(&v6(src).octets());
+            header[24..40].copy_from_slice(&v6(dst).octets());
+            header.extend_from_slice(&l4);
+            header
+        }
+    }
 }
 
 fn longest_match(
