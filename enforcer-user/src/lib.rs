@@ -15,6 +15,9 @@
 //!   sign-in, grants, revocation and policy reload.
 //! - `dataplane`: loads, attaches and pins the XDP program and reads and writes its maps.
 //!   It is the only module that touches the kernel.
+//! - `idp`: OpenID Connect sign-in (discovery, code flow with PKCE, device grant, ID token
+//!   validation). Its pending sign-ins live in the store.
+//! - `portal`: the HTTP sign-in portal (HTML for browsers, text for curl).
 //! - `daemon`: `enforcer run`, which wires everything together and owns shutdown.
 //! - `cli`: the `enforcer` command line (clap), a client of the admin API.
 //! - `admin`: the admin API on a Unix socket (peer credentials checked) and its client.
@@ -40,6 +43,8 @@ pub mod dataplane;
 pub mod engine;
 pub mod explain;
 pub mod http;
+pub mod idp;
 pub mod metrics;
 pub mod policy;
+pub mod portal;
 pub mod store;

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 
 pub mod datapath;
 pub mod lab;
+pub mod oidc;
 pub mod packets;
 
 /// Prefix of every namespace the tests create, so stale ones are easy to find and remove.

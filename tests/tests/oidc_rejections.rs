@@ -1,0 +1,294 @@
+//! Sign-in rejections: each hostile or replayed input must fail with its own error and
+//! return no authentication, so no session can be granted. Tokens come from the real
+//! `oidc-provider` test IdP, or from the hostile signer in `tests/idp/hostile.mjs` for tokens
+//! a correct provider never issues.
+
+use std::{collections::HashMap, sync::Arc};
+
+use enforcer::idp::{
+    Authentication, CallbackParams, IdentityProvider, IdpConfig, IdpError, LoginOptions,
+    PendingLogins,
+};
+use enforcer_tests::oidc::{self, NodeServer, TempDir};
+
+const DEVICE: u32 = 1;
+const OTHER_DEVICE: u32 = 2;
+const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+struct Env {
+    _server: NodeServer,
+    _dir: TempDir,
+    idp: IdentityProvider,
+    pending: PendingLogins,
+    http: reqwest::Client,
+}
+
+fn config(issuer: &str, secret_env: &str) -> IdpConfig {
+    let text = format!(
+        "issuer = {issuer:?}\nclient_id = {:?}\nclient_secret_env = {secret_env:?}\nredirect_url = {REDIRECT:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n",
+        oidc::CLIENT_ID,
+        oidc::ACR_MFA,
+    );
+    toml::from_str(&text).expect("test IdP configuration parses")
+}
+
+async fn env(server: NodeServer, secret: &str) -> Env {
+    let dir = TempDir::new("pending").expect("create a scratch folder");
+    let db = redb::Database::create(dir.path().join("store.redb")).expect("create the redb file");
+    let pending = PendingLogins::new(Arc::new(db)).expect("open the pending sign-in table");
+    let env_name = format!("ENFORCER_TEST_SECRET_{}", std::process::id());
+    // SAFETY: set before any thread of this test reads the environment variable, and every
+    // test in this file sets the same name to a value for the provider it talks to; the
+    // secret is read once, right below.
+    unsafe { std::env::set_var(&env_name, secret) };
+    let config = config(&server.issuer, &env_name);
+    let secret = config.load_client_secret().expect("read the client secret");
+    let idp = IdentityProvider::discover(config, secret)
+        .await
+        .expect("discover the test IdP");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("build the HTTP client");
+    Env {
+        _server: server,
+        _dir: dir,
+        idp,
+        pending,
+        http,
+    }
+}
+
+async fn hostile_env() -> Env {
+    let server = oidc::start_hostile().expect("start the hostile signer");
+    env(server, oidc::HOSTILE_CLIENT_SECRET).await
+}
+
+async fn provider_env() -> Env {
+    let server = oidc::start_provider(&[REDIRECT.to_owned()]).expect("start the test IdP");
+    env(server, oidc::CLIENT_SECRET).await
+}
+
+fn callback_params(location: &str) -> CallbackParams {
+    let url = url::Url::parse(location).expect("the redirect is a URL");
+    let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    CallbackParams {
+        state: query.get("state").cloned(),
+        code: query.get("code").cloned(),
+        iss: query.get("iss").cloned(),
+        error: query.get("error").cloned(),
+        error_description: query.get("error_description").cloned(),
+    }
+}
+
+fn location(response: &reqwest::Response, base: &str) -> String {
+    let value = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_else(|| panic!("{} without a Location header", response.status()));
+    url::Url::parse(base)
+        .and_then(|base| base.join(value))
+        .expect("the Location header is a URL")
+        .to_string()
+}
+
+/// Follows the IdP's redirects from `authorization_url`, filling the test provider's login
+/// form when it appears, until the redirect to the portal's callback; bounded to 10 hops.
+async fn authorize(env: &Env, authorization_url: &str, login: &str) -> CallbackParams {
+    let mut url = authorization_url.to_owned();
+    for _ in 0..10 {
+        if url.starts_with(REDIRECT) {
+            return callback_params(&url);
+        }
+        let response = env.http.get(&url).send().await.expect("IdP request");
+        if response.status().is_redirection() {
+            url = location(&response, &url);
+            continue;
+        }
+        let page = response.text().await.expect("IdP page");
+        assert!(page.contains("id=\"login-form\""), "unexpected IdP page: {page}");
+        let action = url::Url::parse(&url)
+            .and_then(|base| base.join(&format!("{}/login", url::Url::parse(&url).expect("URL").path())))
+            .expect("login form URL");
+        let response = env
+            .http
+            .post(action.as_str())
+            .form(&[("login", login), ("password", oidc::PASSWORD)])
+            .send()
+            .await
+            .expect("post the login form");
+        assert!(response.status().is_redirection(), "login failed: {}", response.status());
+        url = location(&response, action.as_str());
+    }
+    panic!("no redirect to the callback after 10 hops, last at {url}");
+}
+
+async fn sign_in_with_mode(env: &Env, server_mode: &str, options: LoginOptions) -> Result<Authentication, IdpError> {
+    let server = &env._server;
+    oidc::set_hostile_mode(server, server_mode).await.expect("set the hostile mode");
+    let request = env.idp.begin_login(&env.pending, DEVICE, options).expect("begin the sign-in");
+    let params = authorize(env, request.url.as_str(), "mallory").await;
+    env.idp.complete_login(&env.pending, DEVICE, &params).await
+}
+
+#[tokio::test]
+async fn hostile_valid_token_accepted() {
+    let env = hostile_env().await;
+    let result = sign_in_with_mode(&env, "valid", LoginOptions::default()).await;
+    let authentication = result.expect("a correct token is accepted");
+    assert_eq!(authentication.subject, "mallory");
+    assert_eq!(authentication.groups, vec!["eng".to_owned()]);
+}
+
+#[tokio::test]
+async fn hostile_tokens_rejected() {
+    let env = hostile_env().await;
+    let cases: [(&str, fn(&IdpError) -> bool); 8] = [
+        ("alg_none", |e| matches!(e, IdpError::DisallowedAlgorithm { alg, .. } if alg == "none")),
+        ("hs256_public_key", |e| matches!(e, IdpError::DisallowedAlgorithm { alg, .. } if alg == "HS256")),
+        ("wrong_audience", |e| matches!(e, IdpError::WrongAudience(_))),
+        ("issuer_trailing_slash", |e| matches!(e, IdpError::WrongIssuer(_))),
+        ("expired", |e| matches!(e, IdpError::Expired(_))),
+        ("old_auth_time", |e| matches!(e, IdpError::StaleAuthentication(_))),
+        ("missing_nonce", |e| matches!(e, IdpError::Nonce(reason) if reason.contains("missing"))),
+        ("wrong_nonce", |e| matches!(e, IdpError::Nonce(reason) if reason.contains("mismatch"))),
+    ];
+    for (mode, expected) in cases {
+        let result = sign_in_with_mode(&env, mode, LoginOptions::default()).await;
+        match result {
+            Ok(authentication) => panic!("{mode}: accepted as {authentication:?}"),
+            Err(err) => assert!(expected(&err), "{mode}: wrong error: {err}"),
+        }
+    }
+    assert_eq!(env.pending.len().ok(), Some(0), "every state is consumed");
+}
+
+#[tokio::test]
+async fn hostile_unknown_key_refetched_once() {
+    let env = hostile_env().await;
+    let rotated = sign_in_with_mode(&env, "unknown_key", LoginOptions::default()).await;
+    assert!(rotated.is_ok(), "a rotated key is fetched: {:?}", rotated.err());
+
+    let unpublished = sign_in_with_mode(&env, "unpublished_key", LoginOptions::default()).await;
+    assert!(
+        matches!(&unpublished, Err(IdpError::UnknownSigningKey { kid, .. }) if kid == "never-published"),
+        "the second refetch within the interval is rate-limited: {unpublished:?}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_step_up_requires_mfa() {
+    let env = hostile_env().await;
+    let result = sign_in_with_mode(&env, "valid", LoginOptions { mfa: true }).await;
+    assert!(
+        matches!(&result, Err(IdpError::MfaRequired { amr, .. }) if amr == &vec!["pwd".to_owned()]),
+        "a password-only sign-in does not satisfy step-up: {result:?}"
+    );
+}
+
+#[tokio::test]
+async fn state_wrong_rejected() {
+    let env = hostile_env().await;
+    let request = env.idp.begin_login(&env.pending, DEVICE, LoginOptions::default()).expect("begin");
+    let mut params = authorize(&env, request.url.as_str(), "mallory").await;
+    params.state = Some("forged-state".into());
+    let result = env.idp.complete_login(&env.pending, DEVICE, &params).await;
+    assert!(matches!(result, Err(IdpError::UnknownState)), "{result:?}");
+}
+
+#[tokio::test]
+async fn state_missing_rejected() {
+    let env = hostile_env().await;
+    let request = env.idp.begin_login(&env.pending, DEVICE, LoginOptions::default()).expect("begin");
+    let mut params = authorize(&env, request.url.as_str(), "mallory").await;
+    params.state = None;
+    let result = env.idp.complete_login(&env.pending, DEVICE, &params).await;
+    assert!(matches!(result, Err(IdpError::UnknownState)), "{result:?}");
+}
+
+#[tokio::test]
+async fn state_replayed_rejected() {
+    let env = hostile_env().await;
+    let request = env.idp.begin_login(&env.pending, DEVICE, LoginOptions::default()).expect("begin");
+    let params = authorize(&env, request.url.as_str(), "mallory").await;
+    let first = env.idp.complete_login(&env.pending, DEVICE, &params).await;
+    assert!(first.is_ok(), "the first callback succeeds: {:?}", first.err());
+    let replay = env.idp.complete_login(&env.pending, DEVICE, &params).await;
+    assert!(matches!(replay, Err(IdpError::UnknownState)), "{replay:?}");
+}
+
+#[tokio::test]
+async fn callback_other_device_rejected() {
+    let env = hostile_env().await;
+    let request = env.idp.begin_login(&env.pending, DEVICE, LoginOptions::default()).expect("begin");
+    let params = authorize(&env, request.url.as_str(), "mallory").await;
+    let stolen = env.idp.complete_login(&env.pending, OTHER_DEVICE, &params).await;
+    assert!(
+        matches!(stolen, Err(IdpError::DeviceMismatch { expected: DEVICE, actual: OTHER_DEVICE })),
+        "{stolen:?}"
+    );
+    // The state is spent, so the owner cannot reuse a callback that leaked.
+    let owner = env.idp.complete_login(&env.pending, DEVICE, &params).await;
+    assert!(matches!(owner, Err(IdpError::UnknownState)), "{owner:?}");
+}
+
+#[tokio::test]
+async fn provider_code_replay_rejected() {
+    let env = provider_env().await;
+    let first = env.idp.begin_login(&env.pending, DEVICE, LoginOptions::default()).expect("begin");
+    let first_params = authorize(&env, first.url.as_str(), "alice").await;
+    let accepted = env.idp.complete_login(&env.pending, DEVICE, &first_params).await;
+    assert!(accepted.is_ok(), "the first sign-in succeeds: {:?}", accepted.err());
+
+    // A fresh state with the spent code: the IdP must refuse to redeem the code again.
+    let second = env.idp.begin_login(&env.pending, DEVICE, LoginOptions::default()).expect("begin");
+    let replay = CallbackParams {
+        state: Some(second.state.clone()),
+        ..first_params
+    };
+    let result = env.idp.complete_login(&env.pending, DEVICE, &replay).await;
+    assert!(
+        matches!(&result, Err(IdpError::TokenRejected { error, .. }) if error == "invalid_grant"),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn provider_pkce_from_other_sign_in_rejected() {
+    let env = provider_env().await;
+    let a = env.idp.begin_login(&env.pending, DEVICE, LoginOptions::default()).expect("begin");
+    let b = env.idp.begin_login(&env.pending, DEVICE, LoginOptions::default()).expect("begin");
+    let a_params = authorize(&env, a.url.as_str(), "alice").await;
+    // Sign-in b's state holds b's PKCE verifier, which does not match a's code challenge.
+    let mixed = CallbackParams {
+        state: Some(b.state.clone()),
+        ..a_params
+    };
+    let result = env.idp.complete_login(&env.pending, DEVICE, &mixed).await;
+    assert!(
+        matches!(&result, Err(IdpError::TokenRejected { error, .. }) if error == "invalid_grant"),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn provider_issuer_trailing_slash_rejected() {
+    let server = oidc::start_provider(&[REDIRECT.to_owned()]).expect("start the test IdP");
+    let env_name = format!("ENFORCER_TEST_SECRET_SLASH_{}", std::process::id());
+    // SAFETY: this variable name is used by this test only, before anything reads it.
+    unsafe { std::env::set_var(&env_name, oidc::CLIENT_SECRET) };
+    let config = config(&format!("{}/", server.issuer), &env_name);
+    let secret = config.load_client_secret().expect("read the client secret");
+    let result = IdentityProvider::discover(config.clone(), secret).await;
+    assert!(
+        matches!(&result, Err(IdpError::IssuerMismatch { discovered, .. }) if *discovered == server.issuer),
+        "{:?}",
+        result.err()
+    );
+
+    let report = IdentityProvider::check(&config).await;
+    assert_eq!(report.discovered_issuer.as_deref(), Some(server.issuer.as_str()));
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+}
