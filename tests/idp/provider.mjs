@@ -113,7 +113,8 @@ server.listen(0, '127.0.0.1', () => {
     cookies: { keys: [randomBytes(32).toString('hex')] },
     acrValues: [ACR_PASSWORD, ACR_MFA],
     claims: {
-      openid: ['sub'],
+      // amr and acr go into every ID token, so the gateway can check step-up sign-ins.
+      openid: ['sub', 'acr', 'amr', 'auth_time'],
       email: ['email', 'email_verified'],
       groups: ['groups'],
     },

@@ -88,10 +88,13 @@ impl NodeServer {
             .spawn()
             .with_context(|| format!("failed to start node {script}"))?;
         let stdout = child.stdout.take().context("node has no stdout")?;
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        reader
             .read_line(&mut line)
             .with_context(|| format!("failed to read the ready line of {script}"))?;
+        // Keep reading, so the server's later logs never hit a closed pipe (EPIPE ends node).
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::stderr()));
         let ready: Value = serde_json::from_str(&line)
             .with_context(|| format!("{script} printed {line:?} instead of its ready line"))?;
         let issuer = ready["issuer"]

@@ -137,6 +137,18 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .with_state(portal)
 }
 
+/// Serves the portal on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    portal: Arc<Portal>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(portal).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 type PortalState = State<Arc<Portal>>;
 
 /// A failed portal request: the status code and the message shown to the user.

@@ -1,0 +1,314 @@
+//! Sign-in through the portal against the real `oidc-provider` test IdP on loopback: a
+//! browser sign-in in headless chromium, a reauth that the IdP's SSO cookie must not satisfy,
+//! a step-up sign-in with a one-time code, and a device-code sign-in started with curl.
+//!
+//! The portal's `Gateway` here maps 127.0.0.1 to device 1 and 127.0.0.2 to device 2 and
+//! records every grant; the daemon's implementation is the store and session engine.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use enforcer::{
+    idp::{Authentication, IdentityProvider, IdpConfig, PendingLogins},
+    portal::{self, DeviceStatus, Gateway, GrantRejected, Portal, SessionView},
+};
+use enforcer_tests::oidc::{self, Browser, NodeServer, TempDir};
+
+const RESOURCE: &str = "wiki";
+
+#[derive(Default)]
+struct RecordingGateway {
+    grants: Mutex<Vec<(u32, Authentication)>>,
+    requires_mfa: Mutex<bool>,
+}
+
+impl RecordingGateway {
+    fn grants(&self) -> Vec<(u32, Authentication)> {
+        self.grants.lock().expect("grants lock").clone()
+    }
+}
+
+impl Gateway for RecordingGateway {
+    fn device_for_address(&self, address: IpAddr) -> Option<u32> {
+        match address {
+            IpAddr::V4(v4) if v4 == Ipv4Addr::new(127, 0, 0, 1) => Some(1),
+            IpAddr::V4(v4) if v4 == Ipv4Addr::new(127, 0, 0, 2) => Some(2),
+            _ => None,
+        }
+    }
+
+    fn device_status(&self, device_id: u32) -> DeviceStatus {
+        DeviceStatus {
+            device_id,
+            name: format!("laptop-{device_id}"),
+            sessions: Vec::new(),
+            pending: vec![RESOURCE.to_owned()],
+            pending_requires_mfa: *self.requires_mfa.lock().expect("mfa lock"),
+        }
+    }
+
+    fn grant(
+        &self,
+        device_id: u32,
+        authentication: &Authentication,
+    ) -> Result<Vec<SessionView>, GrantRejected> {
+        self.grants
+            .lock()
+            .expect("grants lock")
+            .push((device_id, authentication.clone()));
+        Ok(vec![SessionView {
+            resource: RESOURCE.to_owned(),
+            expires_at: SystemTime::now() + Duration::from_secs(3600),
+        }])
+    }
+}
+
+struct Lab {
+    idp_server: NodeServer,
+    portal_url: String,
+    gateway: Arc<RecordingGateway>,
+    _dir: TempDir,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn lab() -> Lab {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the portal");
+    let portal_url = format!("http://{}", listener.local_addr().expect("portal address"));
+    let redirect = format!("{portal_url}/callback");
+    let idp_server = oidc::start_provider(&[redirect.clone()]).expect("start the test IdP");
+
+    let dir = TempDir::new("portal").expect("create a scratch folder");
+    let secret_path = dir.path().join("client-secret");
+    std::fs::write(&secret_path, format!("{}\n", oidc::CLIENT_SECRET)).expect("write the secret");
+    let text = format!(
+        "issuer = {:?}\nclient_id = {:?}\nclient_secret_file = {:?}\nredirect_url = {redirect:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n",
+        idp_server.issuer,
+        oidc::CLIENT_ID,
+        secret_path.display().to_string(),
+        oidc::ACR_MFA,
+    );
+    let config: IdpConfig = toml::from_str(&text).expect("IdP configuration parses");
+    let secret = config.load_client_secret().expect("read the client secret");
+    let idp = IdentityProvider::discover(config, secret).await.expect("discover the test IdP");
+    let db = redb::Database::create(dir.path().join("store.redb")).expect("create the redb file");
+    let pending = PendingLogins::new(Arc::new(db)).expect("open the pending sign-in table");
+    let gateway = Arc::new(RecordingGateway::default());
+    let state = Portal::new(Arc::new(idp), pending, gateway.clone());
+    let server = tokio::spawn(async move {
+        let _ = portal::serve(listener, state, std::future::pending()).await;
+    });
+    Lab {
+        idp_server,
+        portal_url,
+        gateway,
+        _dir: dir,
+        _server: server,
+    }
+}
+
+/// Clicks the portal's sign-in button and waits for the IdP's login form.
+async fn open_idp_login(browser: &Browser, lab: &Lab) {
+    browser.goto(&format!("{}/", lab.portal_url)).await.expect("open the portal");
+    browser.click("#sign-in").await.expect("click sign in");
+    browser
+        .wait_for_url(&format!("{}/interaction/", lab.idp_server.issuer))
+        .await
+        .expect("the browser reaches the IdP's login page");
+}
+
+async fn finish_at_portal(browser: &Browser, lab: &Lab) -> String {
+    browser
+        .wait_for_url(&format!("{}/callback", lab.portal_url))
+        .await
+        .expect("the IdP redirects back to the portal");
+    browser.body_text().await.expect("read the page")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_sign_in_restores_access() {
+    let lab = lab().await;
+    let browser = Browser::start().await.expect("start chromium");
+
+    browser.goto(&format!("{}/", lab.portal_url)).await.expect("open the portal");
+    let before = browser.body_text().await.expect("read the portal");
+    assert!(before.contains("laptop-1"), "the portal names the device: {before}");
+    assert!(before.contains(RESOURCE), "the portal lists the pending prompt: {before}");
+
+    open_idp_login(&browser, &lab).await;
+    browser.sign_in("alice", None).await.expect("submit the login form");
+    let page = finish_at_portal(&browser, &lab).await;
+    assert!(page.contains("Access restored"), "{page}");
+    assert!(page.contains("alice@example.com"), "{page}");
+    assert!(page.contains(RESOURCE), "the page lists the resource open again: {page}");
+
+    let grants = lab.gateway.grants();
+    assert_eq!(grants.len(), 1);
+    let (device_id, authentication) = &grants[0];
+    assert_eq!(*device_id, 1);
+    assert_eq!(authentication.subject, "alice");
+    assert_eq!(authentication.groups, vec!["eng".to_owned()]);
+    assert_eq!(authentication.amr, vec!["pwd".to_owned()]);
+    assert!(!authentication.multi_factor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reauth_ignores_idp_sso_cookie() {
+    let lab = lab().await;
+    let browser = Browser::start().await.expect("start chromium");
+    open_idp_login(&browser, &lab).await;
+    browser.sign_in("alice", None).await.expect("submit the login form");
+    finish_at_portal(&browser, &lab).await;
+    let first = lab.gateway.grants()[0].1.clone();
+
+    // The IdP now holds an SSO session for this browser, so a plain authorization request
+    // (no prompt=login, no max_age) comes straight back with a code and no login form.
+    let silent = format!(
+        "{}/auth?client_id={}&response_type=code&scope=openid&redirect_uri={}/callback&state=probe&nonce=probe&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        lab.idp_server.issuer,
+        oidc::CLIENT_ID,
+        lab.portal_url
+    );
+    browser.goto(&silent).await.expect("open the plain authorization request");
+    let page = finish_at_portal(&browser, &lab).await;
+    assert!(page.contains("unknown or already used sign-in state"), "{page}");
+    assert_eq!(lab.gateway.grants().len(), 1, "the probe's callback grants nothing");
+
+    // The portal's request asks for a fresh authentication, so the IdP shows its form again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    open_idp_login(&browser, &lab).await;
+    assert!(browser.exists("#login-form").await, "the IdP asks for the password again");
+    assert_eq!(lab.gateway.grants().len(), 1, "no grant before the user signs in again");
+
+    browser.sign_in("alice", None).await.expect("submit the login form");
+    let page = finish_at_portal(&browser, &lab).await;
+    assert!(page.contains("Access restored"), "{page}");
+    let grants = lab.gateway.grants();
+    assert_eq!(grants.len(), 2);
+    assert!(
+        grants[1].1.auth_time > first.auth_time,
+        "the second sign-in is a new authentication: {:?} then {:?}",
+        first.auth_time,
+        grants[1].1.auth_time
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_asks_for_second_factor() {
+    let lab = lab().await;
+    *lab.gateway.requires_mfa.lock().expect("mfa lock") = true;
+    let browser = Browser::start().await.expect("start chromium");
+
+    open_idp_login(&browser, &lab).await;
+    assert!(browser.exists("#otp").await, "the IdP asks for a one-time code");
+    browser.sign_in("bob", Some(oidc::OTP)).await.expect("submit the login form");
+    let page = finish_at_portal(&browser, &lab).await;
+    assert!(page.contains("Access restored"), "{page}");
+
+    let grants = lab.gateway.grants();
+    assert_eq!(grants.len(), 1);
+    let authentication = &grants[0].1;
+    assert_eq!(authentication.subject, "bob");
+    assert!(authentication.multi_factor, "amr {:?}", authentication.amr);
+    assert!(authentication.amr.contains(&"otp".to_owned()));
+    assert_eq!(authentication.acr.as_deref(), Some(oidc::ACR_MFA));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_from_other_device_grants_nothing() {
+    let lab = lab().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("HTTP client");
+    let response = http
+        .get(format!("{}/login", lab.portal_url))
+        .send()
+        .await
+        .expect("start the sign-in from device 1");
+    let authorization = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .expect("the portal redirects to the IdP")
+        .to_owned();
+    let state = url::Url::parse(&authorization)
+        .expect("authorization URL")
+        .query_pairs()
+        .find(|(name, _)| name == "state")
+        .map(|(_, value)| value.into_owned())
+        .expect("the authorization URL has a state");
+
+    // Device 2 (source 127.0.0.2) presents device 1's state.
+    let other = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+        .build()
+        .expect("HTTP client bound to 127.0.0.2");
+    let response = other
+        .get(format!("{}/callback?state={state}&code=stolen", lab.portal_url))
+        .send()
+        .await
+        .expect("callback from device 2");
+    let status = response.status();
+    let body = response.text().await.expect("error page");
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
+    assert!(body.contains("device 1 started it"), "{body}");
+    assert!(lab.gateway.grants().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_code_sign_in_with_curl() {
+    let lab = lab().await;
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-X", "POST"])
+        .arg(format!("{}/device", lab.portal_url))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "curl failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains("device sign-in: open"), "{text}");
+    let complete = text
+        .lines()
+        .find_map(|line| line.strip_prefix("or open "))
+        .unwrap_or_else(|| panic!("no complete verification URL in {text}"))
+        .to_owned();
+    assert!(complete.starts_with(&lab.idp_server.issuer), "{complete}");
+
+    // The user approves on another machine's browser.
+    let browser = Browser::start().await.expect("start chromium");
+    browser.goto(&complete).await.expect("open the verification URL");
+    browser.click("button[type=submit]").await.expect("confirm the user code");
+    browser
+        .wait_for_url(&format!("{}/interaction/", lab.idp_server.issuer))
+        .await
+        .expect("the IdP asks the user to sign in");
+    browser.sign_in("carol", None).await.expect("submit the login form");
+
+    // The portal polls the IdP at the interval it gives (5 s by default); wait at most 60 s.
+    let started = Instant::now();
+    let result = loop {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .arg(format!("{}/device", lab.portal_url))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !text.contains("enter the code") || started.elapsed() > Duration::from_secs(60) {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(result.contains("device sign-in: complete"), "{result}");
+    assert!(result.contains(RESOURCE), "{result}");
+    let grants = lab.gateway.grants();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].1.subject, "carol");
+}
