@@ -158,7 +158,10 @@ pub async fn set_hostile_mode(server: &NodeServer, mode: &str) -> anyhow::Result
         .send()
         .await?;
     if !response.status().is_success() {
-        bail!("the hostile signer rejected mode {mode}: {}", response.status());
+        bail!(
+            "the hostile signer rejected mode {mode}: {}",
+            response.status()
+        );
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::{
 use enforcer::{
     idp::{Authentication, IdentityProvider, IdpConfig, PendingLogins},
     portal::{self, DeviceStatus, Gateway, GrantRejected, Portal, SessionView},
+    store::Store,
 };
 use enforcer_tests::oidc::{self, Browser, NodeServer, TempDir};
 
@@ -80,7 +81,8 @@ async fn lab() -> Lab {
         .expect("bind the portal");
     let portal_url = format!("http://{}", listener.local_addr().expect("portal address"));
     let redirect = format!("{portal_url}/callback");
-    let idp_server = oidc::start_provider(&[redirect.clone()]).expect("start the test IdP");
+    let idp_server =
+        oidc::start_provider(std::slice::from_ref(&redirect)).expect("start the test IdP");
 
     let dir = TempDir::new("portal").expect("create a scratch folder");
     let secret_path = dir.path().join("client-secret");
@@ -94,9 +96,11 @@ async fn lab() -> Lab {
     );
     let config: IdpConfig = toml::from_str(&text).expect("IdP configuration parses");
     let secret = config.load_client_secret().expect("read the client secret");
-    let idp = IdentityProvider::discover(config, secret).await.expect("discover the test IdP");
-    let db = redb::Database::create(dir.path().join("store.redb")).expect("create the redb file");
-    let pending = PendingLogins::new(Arc::new(db)).expect("open the pending sign-in table");
+    let idp = IdentityProvider::discover(config, secret)
+        .await
+        .expect("discover the test IdP");
+    let store = Store::open(&dir.path().join("store.redb")).expect("open the store");
+    let pending = PendingLogins::new(Arc::new(store));
     let gateway = Arc::new(RecordingGateway::default());
     let state = Portal::new(Arc::new(idp), pending, gateway.clone());
     let server = tokio::spawn(async move {
@@ -113,7 +117,10 @@ async fn lab() -> Lab {
 
 /// Clicks the portal's sign-in button and waits for the IdP's login form.
 async fn open_idp_login(browser: &Browser, lab: &Lab) {
-    browser.goto(&format!("{}/", lab.portal_url)).await.expect("open the portal");
+    browser
+        .goto(&format!("{}/", lab.portal_url))
+        .await
+        .expect("open the portal");
     browser.click("#sign-in").await.expect("click sign in");
     browser
         .wait_for_url(&format!("{}/interaction/", lab.idp_server.issuer))
@@ -134,17 +141,32 @@ async fn browser_sign_in_restores_access() {
     let lab = lab().await;
     let browser = Browser::start().await.expect("start chromium");
 
-    browser.goto(&format!("{}/", lab.portal_url)).await.expect("open the portal");
+    browser
+        .goto(&format!("{}/", lab.portal_url))
+        .await
+        .expect("open the portal");
     let before = browser.body_text().await.expect("read the portal");
-    assert!(before.contains("laptop-1"), "the portal names the device: {before}");
-    assert!(before.contains(RESOURCE), "the portal lists the pending prompt: {before}");
+    assert!(
+        before.contains("laptop-1"),
+        "the portal names the device: {before}"
+    );
+    assert!(
+        before.contains(RESOURCE),
+        "the portal lists the pending prompt: {before}"
+    );
 
     open_idp_login(&browser, &lab).await;
-    browser.sign_in("alice", None).await.expect("submit the login form");
+    browser
+        .sign_in("alice", None)
+        .await
+        .expect("submit the login form");
     let page = finish_at_portal(&browser, &lab).await;
     assert!(page.contains("Access restored"), "{page}");
     assert!(page.contains("alice@example.com"), "{page}");
-    assert!(page.contains(RESOURCE), "the page lists the resource open again: {page}");
+    assert!(
+        page.contains(RESOURCE),
+        "the page lists the resource open again: {page}"
+    );
 
     let grants = lab.gateway.grants();
     assert_eq!(grants.len(), 1);
@@ -161,7 +183,10 @@ async fn reauth_ignores_idp_sso_cookie() {
     let lab = lab().await;
     let browser = Browser::start().await.expect("start chromium");
     open_idp_login(&browser, &lab).await;
-    browser.sign_in("alice", None).await.expect("submit the login form");
+    browser
+        .sign_in("alice", None)
+        .await
+        .expect("submit the login form");
     finish_at_portal(&browser, &lab).await;
     let first = lab.gateway.grants()[0].1.clone();
 
@@ -173,18 +198,38 @@ async fn reauth_ignores_idp_sso_cookie() {
         oidc::CLIENT_ID,
         lab.portal_url
     );
-    browser.goto(&silent).await.expect("open the plain authorization request");
+    browser
+        .goto(&silent)
+        .await
+        .expect("open the plain authorization request");
     let page = finish_at_portal(&browser, &lab).await;
-    assert!(page.contains("unknown or already used sign-in state"), "{page}");
-    assert_eq!(lab.gateway.grants().len(), 1, "the probe's callback grants nothing");
+    assert!(
+        page.contains("unknown or already used sign-in state"),
+        "{page}"
+    );
+    assert_eq!(
+        lab.gateway.grants().len(),
+        1,
+        "the probe's callback grants nothing"
+    );
 
     // The portal's request asks for a fresh authentication, so the IdP shows its form again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     open_idp_login(&browser, &lab).await;
-    assert!(browser.exists("#login-form").await, "the IdP asks for the password again");
-    assert_eq!(lab.gateway.grants().len(), 1, "no grant before the user signs in again");
+    assert!(
+        browser.exists("#login-form").await,
+        "the IdP asks for the password again"
+    );
+    assert_eq!(
+        lab.gateway.grants().len(),
+        1,
+        "no grant before the user signs in again"
+    );
 
-    browser.sign_in("alice", None).await.expect("submit the login form");
+    browser
+        .sign_in("alice", None)
+        .await
+        .expect("submit the login form");
     let page = finish_at_portal(&browser, &lab).await;
     assert!(page.contains("Access restored"), "{page}");
     let grants = lab.gateway.grants();
@@ -204,8 +249,14 @@ async fn step_up_asks_for_second_factor() {
     let browser = Browser::start().await.expect("start chromium");
 
     open_idp_login(&browser, &lab).await;
-    assert!(browser.exists("#otp").await, "the IdP asks for a one-time code");
-    browser.sign_in("bob", Some(oidc::OTP)).await.expect("submit the login form");
+    assert!(
+        browser.exists("#otp").await,
+        "the IdP asks for a one-time code"
+    );
+    browser
+        .sign_in("bob", Some(oidc::OTP))
+        .await
+        .expect("submit the login form");
     let page = finish_at_portal(&browser, &lab).await;
     assert!(page.contains("Access restored"), "{page}");
 
@@ -249,7 +300,10 @@ async fn callback_from_other_device_grants_nothing() {
         .build()
         .expect("HTTP client bound to 127.0.0.2");
     let response = other
-        .get(format!("{}/callback?state={state}&code=stolen", lab.portal_url))
+        .get(format!(
+            "{}/callback?state={state}&code=stolen",
+            lab.portal_url
+        ))
         .send()
         .await
         .expect("callback from device 2");
@@ -284,13 +338,22 @@ async fn device_code_sign_in_with_curl() {
 
     // The user approves on another machine's browser.
     let browser = Browser::start().await.expect("start chromium");
-    browser.goto(&complete).await.expect("open the verification URL");
-    browser.click("button[type=submit]").await.expect("confirm the user code");
+    browser
+        .goto(&complete)
+        .await
+        .expect("open the verification URL");
+    browser
+        .click("button[type=submit]")
+        .await
+        .expect("confirm the user code");
     browser
         .wait_for_url(&format!("{}/interaction/", lab.idp_server.issuer))
         .await
         .expect("the IdP asks the user to sign in");
-    browser.sign_in("carol", None).await.expect("submit the login form");
+    browser
+        .sign_in("carol", None)
+        .await
+        .expect("submit the login form");
 
     // The portal polls the IdP at the interval it gives (5 s by default); wait at most 60 s.
     let started = Instant::now();

@@ -7,28 +7,28 @@ use std::{
 };
 
 use openidconnect::{
-    AdditionalProviderMetadata, AuthenticationContextClass, AuthenticationFlow,
-    AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl,
-    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields,
-    JsonWebKeySetUrl, Nonce, OAuth2TokenResponse as _, PkceCodeChallenge,
-    PkceCodeVerifier, ProviderMetadata, RedirectUrl, RequestTokenError, Scope,
-    StandardErrorResponse, StandardTokenResponse, TokenResponse as _,
+    AdditionalProviderMetadata, AuthenticationContextClass, AuthenticationFlow, AuthorizationCode,
+    Client, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl, EmptyExtraTokenFields,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, JsonWebKeySetUrl, Nonce,
+    OAuth2TokenResponse as _, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse, TokenResponse as _,
     core::{
-        CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType,
-        CoreClientAuthMethod, CoreDeviceAuthorizationResponse, CoreErrorResponseType,
-        CoreGenderClaim, CoreGrantType, CoreJsonWebKey, CoreJsonWebKeySet,
-        CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
-        CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreRevocableToken,
-        CoreRevocationErrorResponse, CoreSubjectIdentifierType, CoreTokenIntrospectionResponse,
-        CoreTokenType,
+        CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
+        CoreDeviceAuthorizationResponse, CoreErrorResponseType, CoreGenderClaim, CoreGrantType,
+        CoreJsonWebKey, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm,
+        CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType,
+        CoreRevocableToken, CoreRevocationErrorResponse, CoreSubjectIdentifierType,
+        CoreTokenIntrospectionResponse, CoreTokenType,
     },
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use crate::store::PendingLogin;
+
 use super::{
     Authentication, IdpConfig, IdpError,
-    pending::{PendingLogin, PendingLogins, unix_seconds},
+    pending::{PendingLogins, unix_ms},
     verify::{ExtraClaims, IdToken, TokenCheck, verify_id_token},
 };
 
@@ -406,23 +406,24 @@ impl IdentityProvider {
             .set_max_age(Duration::from_secs(self.config.max_age_secs));
         if options.mfa {
             for acr in &self.config.mfa_acr_values {
-                request = request.add_auth_context_value(AuthenticationContextClass::new(
-                    acr.clone(),
-                ));
+                request =
+                    request.add_auth_context_value(AuthenticationContextClass::new(acr.clone()));
             }
         }
         let (url, state, nonce) = request.url();
 
         let now = SystemTime::now();
         let login = PendingLogin {
-            device_id,
+            state: state.secret().clone(),
             nonce: nonce.secret().clone(),
             pkce_verifier: verifier.secret().clone(),
-            requested_at_unix_s: unix_seconds(now),
-            expires_at_unix_s: unix_seconds(now + self.config.login_ttl()),
+            device_id: Some(device_id),
+            return_to: None,
+            created_unix_ms: unix_ms(now),
+            expires_unix_ms: unix_ms(now + self.config.login_ttl()),
             mfa: options.mfa,
         };
-        pending.create(state.secret(), &login)?;
+        pending.create(&login)?;
         debug!(device_id, mfa = options.mfa, "started a sign-in");
         Ok(AuthorizationRequest {
             url,
@@ -440,7 +441,7 @@ impl IdentityProvider {
     ) -> Result<Authentication, IdpError> {
         let state = params.state.as_deref().ok_or(IdpError::UnknownState)?;
         let login = pending.take(state, SystemTime::now())?;
-        if login.device_id != device_id {
+        if login.device_id != Some(device_id) {
             return Err(IdpError::DeviceMismatch {
                 expected: login.device_id,
                 actual: device_id,
@@ -480,7 +481,7 @@ impl IdentityProvider {
         let nonce = Nonce::new(login.nonce.clone());
         let check = TokenCheck {
             nonce: Some(&nonce),
-            requested_at_unix_s: login.requested_at_unix_s,
+            requested_at_unix_s: login.created_unix_ms / 1000,
             mfa: login.mfa,
         };
         self.verify(id_token, &check).await
@@ -539,7 +540,7 @@ impl IdentityProvider {
         let id_token = response.id_token().ok_or(IdpError::MissingIdToken)?;
         let check = TokenCheck {
             nonce: None,
-            requested_at_unix_s: unix_seconds(authorization.requested_at),
+            requested_at_unix_s: unix_ms(authorization.requested_at) / 1000,
             mfa: authorization.mfa,
         };
         self.verify(id_token, &check).await

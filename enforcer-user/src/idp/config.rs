@@ -231,7 +231,10 @@ mod tests {
         let mut both = config(&["RS256"]);
         both.client_secret_file = Some("/nonexistent".into());
         both.client_secret_env = Some("X".into());
-        assert!(matches!(both.load_client_secret(), Err(IdpError::Config(_))));
+        assert!(matches!(
+            both.load_client_secret(),
+            Err(IdpError::Config(_))
+        ));
 
         let neither = config(&["RS256"]);
         assert!(matches!(
@@ -248,6 +251,9 @@ mod tests {
         with_file.client_secret_file = Some(path.clone());
         let secret = with_file.load_client_secret();
         let _ = std::fs::remove_file(&path);
-        assert_eq!(secret.ok().map(|s| s.secret().clone()), Some("s3cret".into()));
+        assert_eq!(
+            secret.ok().map(|s| s.secret().clone()),
+            Some("s3cret".into())
+        );
     }
 }

@@ -19,7 +19,9 @@ pub enum IdpError {
         source: std::io::Error,
     },
 
-    #[error("the client secret environment variable {name} is not set or empty; export it before starting the daemon")]
+    #[error(
+        "the client secret environment variable {name} is not set or empty; export it before starting the daemon"
+    )]
     SecretEnv { name: String },
 
     #[error("failed to fetch {url}: {reason}; check that the IdP is reachable from the gateway")]
@@ -36,13 +38,17 @@ pub enum IdpError {
         discovered: String,
     },
 
-    #[error("the IdP supports none of the accepted algorithms {accepted:?} (it offers {offered:?}); add one it offers to `algorithms`")]
+    #[error(
+        "the IdP supports none of the accepted algorithms {accepted:?} (it offers {offered:?}); add one it offers to `algorithms`"
+    )]
     NoCommonAlgorithm {
         accepted: Vec<String>,
         offered: Vec<String>,
     },
 
-    #[error("the IdP publishes no device authorization endpoint, so devices without a browser cannot sign in")]
+    #[error(
+        "the IdP publishes no device authorization endpoint, so devices without a browser cannot sign in"
+    )]
     DeviceFlowUnsupported,
 
     #[error("unknown or already used sign-in state; start the sign-in again from the portal")]
@@ -51,8 +57,8 @@ pub enum IdpError {
     #[error("the sign-in expired {expired_for:?} ago; start it again from the portal")]
     ExpiredState { expired_for: Duration },
 
-    #[error("the sign-in callback came from device {actual} but device {expected} started it; finish the sign-in on the device that started it")]
-    DeviceMismatch { expected: u32, actual: u32 },
+    #[error("the sign-in callback came from device {actual} but {} started it; finish the sign-in on the device that started it", expected.map(|id| format!("device {id}")).unwrap_or_else(|| "an unenrolled address".into()))]
+    DeviceMismatch { expected: Option<u32>, actual: u32 },
 
     #[error("the callback names issuer {found:?} but {expected:?} is configured")]
     CallbackIssuerMismatch { expected: String, found: String },
@@ -75,13 +81,17 @@ pub enum IdpError {
     #[error("the token response has no ID token; include the `openid` scope")]
     MissingIdToken,
 
-    #[error("ID token rejected: algorithm {alg:?} is not accepted; only asymmetric algorithms {accepted:?} are")]
+    #[error(
+        "ID token rejected: algorithm {alg:?} is not accepted; only asymmetric algorithms {accepted:?} are"
+    )]
     DisallowedAlgorithm { alg: String, accepted: Vec<String> },
 
     #[error("ID token rejected: invalid signature: {0}")]
     InvalidSignature(String),
 
-    #[error("ID token rejected: signing key {kid:?} is not in the IdP's key set, and the keys were refetched {refetched_ago:?} ago (at most one refetch every {min_interval:?})")]
+    #[error(
+        "ID token rejected: signing key {kid:?} is not in the IdP's key set, and the keys were refetched {refetched_ago:?} ago (at most one refetch every {min_interval:?})"
+    )]
     UnknownSigningKey {
         kid: String,
         refetched_ago: Duration,
@@ -100,13 +110,17 @@ pub enum IdpError {
     #[error("ID token rejected: nonce: {0}")]
     Nonce(String),
 
-    #[error("ID token rejected: {0}; the IdP did not perform a fresh sign-in, so its SSO session cannot renew access")]
+    #[error(
+        "ID token rejected: {0}; the IdP did not perform a fresh sign-in, so its SSO session cannot renew access"
+    )]
     StaleAuthentication(String),
 
     #[error("ID token rejected: {0}")]
     InvalidToken(String),
 
-    #[error("the resource requires multi-factor authentication but the sign-in used amr {amr:?} and acr {acr:?}; sign in again with a second factor")]
+    #[error(
+        "the resource requires multi-factor authentication but the sign-in used amr {amr:?} and acr {acr:?}; sign in again with a second factor"
+    )]
     MfaRequired {
         amr: Vec<String>,
         acr: Option<String>,

@@ -312,7 +312,10 @@ async fn device_start(
     let device_id = identify(&portal, address, format)?;
     if let Some(DeviceGrant::Waiting { .. }) = portal.device_grant(device_id) {
         let grant = portal.device_grant(device_id);
-        return Ok(respond(format, render::device_grant(format, grant.as_ref())));
+        return Ok(respond(
+            format,
+            render::device_grant(format, grant.as_ref()),
+        ));
     }
     let status = portal.gateway.device_status(device_id);
     let mfa = status.pending_requires_mfa || query.mfa.is_some_and(|value| value != "0");
@@ -350,7 +353,10 @@ async fn device_start(
         };
         poller.set_device_grant(device_id, outcome);
     });
-    Ok(respond(format, render::device_grant(format, Some(&waiting))))
+    Ok(respond(
+        format,
+        render::device_grant(format, Some(&waiting)),
+    ))
 }
 
 async fn device_status(
@@ -361,5 +367,8 @@ async fn device_status(
     let format = Format::from_headers(&headers);
     let device_id = identify(&portal, address, format)?;
     let grant = portal.device_grant(device_id);
-    Ok(respond(format, render::device_grant(format, grant.as_ref())))
+    Ok(respond(
+        format,
+        render::device_grant(format, grant.as_ref()),
+    ))
 }

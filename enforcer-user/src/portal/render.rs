@@ -141,9 +141,9 @@ pub fn status(
             } else {
                 ""
             };
-            let _ = write!(
+            let _ = writeln!(
                 body,
-                "<form method=\"post\" action=\"/login\">{mfa}<button id=\"sign-in\" type=\"submit\">Sign in</button></form>\n"
+                "<form method=\"post\" action=\"/login\">{mfa}<button id=\"sign-in\" type=\"submit\">Sign in</button></form>"
             );
             if let Some(grant) = grant {
                 body.push_str(&device_grant_html(grant));
@@ -299,7 +299,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
-            "text/html,application/xhtml+xml,*/*;q=0.8".parse().expect("valid header"),
+            "text/html,application/xhtml+xml,*/*;q=0.8"
+                .parse()
+                .expect("valid header"),
         );
         assert_eq!(Format::from_headers(&headers), Format::Html);
     }
@@ -313,7 +315,10 @@ mod tests {
 
     #[test]
     fn escape_html_metacharacters() {
-        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct PendingLogin {
     pub created_unix_ms: u64,
     /// The login is rejected after this time.
     pub expires_unix_ms: u64,
+    /// The login is a step-up: the IdP was asked for multi-factor authentication and only a
+    /// multi-factor result is accepted.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 impl std::fmt::Debug for PendingLogin {

@@ -202,6 +202,7 @@ fn pending_login_is_single_use() {
         return_to: None,
         created_unix_ms: 1_000,
         expires_unix_ms: 2_000,
+        mfa: false,
     };
     store.put_pending_login(&login).unwrap();
     assert_eq!(store.take_pending_login("s1", 1_500).unwrap(), Some(login));
@@ -219,6 +220,7 @@ fn expired_pending_login_is_rejected() {
         return_to: None,
         created_unix_ms: 1_000,
         expires_unix_ms: 2_000,
+        mfa: false,
     };
     store.put_pending_login(&login).unwrap();
     assert_eq!(store.take_pending_login("s2", 2_000).unwrap(), None);
