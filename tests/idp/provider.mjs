@@ -5,7 +5,7 @@
 // {"issuer": "...", "port": N}, once it accepts connections. CONFIG.json holds:
 //   clients:  oidc-provider client metadata (client_id, client_secret, redirect_uris, ...)
 //   accounts: { "<login>": { password, otp?, email, groups: [...] } }
-// The login page requires the one-time code when the request asks for the MFA acr value
+// The login page requires the one-time code when the request includes the MFA acr value
 // and records amr ["pwd", "otp"] when it was given, else ["pwd"].
 
 import { readFileSync } from 'node:fs';

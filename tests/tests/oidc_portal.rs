@@ -1,6 +1,7 @@
-//! Sign-in through the portal against the real `oidc-provider` test IdP on loopback: a
-//! browser sign-in in headless chromium, a reauth that the IdP's SSO cookie must not satisfy,
-//! a step-up sign-in with a one-time code, and a device-code sign-in started with curl.
+//! Sign-in through the portal against the real `oidc-provider` test IdP on loopback. The
+//! tests cover a browser sign-in in headless chromium, a reauth that the IdP's SSO cookie must
+//! not satisfy, a step-up sign-in with a one-time code, and a device-code sign-in started with
+//! curl.
 //!
 //! The portal's `Gateway` here maps 127.0.0.1 to device 1 and 127.0.0.2 to device 2 and
 //! records every grant; the daemon's implementation is the store and session engine.
@@ -190,7 +191,7 @@ async fn reauth_ignores_idp_sso_cookie() {
     finish_at_portal(&browser, &lab).await;
     let first = lab.gateway.grants()[0].1.clone();
 
-    // The IdP now holds an SSO session for this browser, so a plain authorization request
+    // The IdP now has an SSO session for this browser, so a plain authorization request
     // (no prompt=login, no max_age) comes straight back with a code and no login form.
     let silent = format!(
         "{}/auth?client_id={}&response_type=code&scope=openid&redirect_uri={}/callback&state=probe&nonce=probe&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
@@ -213,7 +214,7 @@ async fn reauth_ignores_idp_sso_cookie() {
         "the probe's callback grants nothing"
     );
 
-    // The portal's request asks for a fresh authentication, so the IdP shows its form again.
+    // The portal's request requires a fresh authentication, so the IdP shows its form again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     open_idp_login(&browser, &lab).await;
     assert!(

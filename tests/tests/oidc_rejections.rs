@@ -27,6 +27,13 @@ struct Env {
     http: reqwest::Client,
 }
 
+/// Returns a name for an environment variable that carries one test's client secret.
+fn unique_env_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("ENFORCER_TEST_SECRET_{}_{n}", std::process::id())
+}
+
 fn config(issuer: &str, secret_env: &str) -> IdpConfig {
     let text = format!(
         "issuer = {issuer:?}\nclient_id = {:?}\nclient_secret_env = {secret_env:?}\nredirect_url = {REDIRECT:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n",
@@ -40,10 +47,8 @@ async fn env(server: NodeServer, secret: &str) -> Env {
     let dir = TempDir::new("pending").expect("create a scratch folder");
     let store = Store::open(&dir.path().join("store.redb")).expect("open the store");
     let pending = PendingLogins::new(Arc::new(store));
-    let env_name = format!("ENFORCER_TEST_SECRET_{}", std::process::id());
-    // SAFETY: set before any thread of this test reads the environment variable, and every
-    // test in this file sets the same name to a value for the provider it talks to; the
-    // secret is read once, right below.
+    let env_name = unique_env_name();
+    // SAFETY: each call sets its own variable name, which no other thread reads or writes.
     unsafe { std::env::set_var(&env_name, secret) };
     let config = config(&server.issuer, &env_name);
     let secret = config.load_client_secret().expect("read the client secret");
@@ -99,7 +104,8 @@ fn location(response: &reqwest::Response, base: &str) -> String {
 }
 
 /// Follows the IdP's redirects from `authorization_url`, filling the test provider's login
-/// form when it appears, until the redirect to the portal's callback; bounded to 10 hops.
+/// form when it appears, until the redirect to the portal's callback. It gives up after 10
+/// hops.
 async fn authorize(env: &Env, authorization_url: &str, login: &str) -> CallbackParams {
     let mut url = authorization_url.to_owned();
     for _ in 0..10 {
@@ -351,7 +357,7 @@ async fn provider_pkce_from_other_sign_in_rejected() {
         .begin_login(&env.pending, DEVICE, LoginOptions::default())
         .expect("begin");
     let a_params = authorize(&env, a.url.as_str(), "alice").await;
-    // Sign-in b's state holds b's PKCE verifier, which does not match a's code challenge.
+    // Sign-in b's state contains b's PKCE verifier, which does not match a's code challenge.
     let mixed = CallbackParams {
         state: Some(b.state.clone()),
         ..a_params
@@ -366,8 +372,8 @@ async fn provider_pkce_from_other_sign_in_rejected() {
 #[tokio::test]
 async fn provider_issuer_trailing_slash_rejected() {
     let server = oidc::start_provider(&[REDIRECT.to_owned()]).expect("start the test IdP");
-    let env_name = format!("ENFORCER_TEST_SECRET_SLASH_{}", std::process::id());
-    // SAFETY: this variable name is used by this test only, before anything reads it.
+    let env_name = unique_env_name();
+    // SAFETY: each call sets its own variable name, which no other thread reads or writes.
     unsafe { std::env::set_var(&env_name, oidc::CLIENT_SECRET) };
     let config = config(&format!("{}/", server.issuer), &env_name);
     let secret = config.load_client_secret().expect("read the client secret");

@@ -100,7 +100,7 @@ pub struct LoginOptions {
 /// An authorization request ready for the browser.
 #[derive(Debug)]
 pub struct AuthorizationRequest {
-    /// Where to send the browser.
+    /// URL of the IdP's authorization endpoint with every parameter, for the browser.
     pub url: url::Url,
     /// The `state` parameter, which keys the pending sign-in.
     pub state: String,
@@ -143,7 +143,7 @@ impl DeviceAuthorization {
     }
 }
 
-/// What `enforcer idp check` reports.
+/// Result of `enforcer idp check`.
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub configured_issuer: String,
@@ -385,7 +385,7 @@ impl IdentityProvider {
     }
 
     /// Builds an authorization request for `device_id` and stores its state, nonce and PKCE
-    /// verifier. It always asks for a fresh authentication (`prompt=login` and `max_age`).
+    /// verifier. It always requests a fresh authentication (`prompt=login` and `max_age`).
     pub fn begin_login(
         &self,
         pending: &PendingLogins,

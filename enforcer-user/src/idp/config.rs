@@ -19,7 +19,7 @@ pub struct IdpConfig {
     /// File whose content (without a trailing newline) is the client secret.
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
-    /// Environment variable that holds the client secret.
+    /// Environment variable that contains the client secret.
     #[serde(default)]
     pub client_secret_env: Option<String>,
     /// Callback URL of the portal, registered at the IdP.

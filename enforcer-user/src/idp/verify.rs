@@ -37,7 +37,7 @@ pub type IdToken = openidconnect::IdToken<
     CoreJwsSigningAlgorithm,
 >;
 
-/// What a token must match beyond the IdP's configuration.
+/// Values a token must match beyond the IdP's configuration.
 pub struct TokenCheck<'a> {
     /// The nonce sent with the authorization request; `None` for the device grant, which has
     /// no nonce.
@@ -161,7 +161,7 @@ impl NonceVerifier for AnyNonce {
     }
 }
 
-/// An authentication is multi-factor when `amr` contains `mfa`, when it lists two distinct
+/// Returns whether an authentication is multi-factor: true when `amr` contains `mfa`, when it lists two distinct
 /// methods of which one is a second factor from `mfa_amr_values`, or when `acr` is one of
 /// `mfa_acr_values`.
 pub fn is_multi_factor(config: &IdpConfig, amr: &[String], acr: Option<&str>) -> bool {

@@ -1,6 +1,6 @@
 //! The sign-in portal, served over HTTP on the gateway and reachable without a session. It
 //! identifies the device by the request's source address, shows its sessions and pending
-//! prompts, runs the browser sign-in and the device authorization grant, and tells the user
+//! prompts, runs the browser sign-in and the device authorization grant, and shows the user
 //! which resources are open again. Browsers get HTML, other clients (curl) plain text.
 
 mod render;
@@ -36,7 +36,7 @@ pub struct SessionView {
     pub expires_at: SystemTime,
 }
 
-/// What the portal shows about a device.
+/// Device summary shown by the portal.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceStatus {
     pub device_id: u32,

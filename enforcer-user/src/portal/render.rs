@@ -115,7 +115,7 @@ fn sessions_text(sessions: &[SessionView], now: SystemTime) -> String {
     text
 }
 
-/// The device's page: sessions, pending prompts and how to sign in.
+/// Renders the device's page: sessions, pending prompts and how to sign in.
 pub fn status(
     format: Format,
     status: &DeviceStatus,
@@ -170,7 +170,8 @@ pub fn status(
     }
 }
 
-/// The page after a successful sign-in: which resources are open again and until when.
+/// Renders the page after a successful sign-in: which resources are open again and until
+/// when.
 pub fn granted(
     format: Format,
     authentication: &Authentication,
@@ -259,7 +260,7 @@ fn device_grant_text(grant: &DeviceGrant) -> String {
     }
 }
 
-/// The device authorization grant's progress.
+/// Renders the device authorization grant's progress.
 pub fn device_grant(format: Format, grant: Option<&DeviceGrant>) -> String {
     match (format, grant) {
         (Format::Html, Some(grant)) => page("Device sign-in", &device_grant_html(grant)),
@@ -274,7 +275,7 @@ pub fn device_grant(format: Format, grant: Option<&DeviceGrant>) -> String {
     }
 }
 
-/// An error page.
+/// Renders an error page.
 pub fn error(format: Format, message: &str) -> String {
     match format {
         Format::Html => page(
