@@ -18,6 +18,8 @@
 //! - `idp`: OpenID Connect sign-in (discovery, code flow with PKCE, device grant, ID token
 //!   validation). Its pending sign-ins live in the store.
 //! - `portal`: the HTTP sign-in portal (HTML for browsers, text for curl).
+//! - `responder`: the reauth responder: one pending prompt per device from the kernel's
+//!   punts, notified through the portal, a webhook and a server-sent event stream.
 //! - `daemon`: `enforcer run`, which wires everything together and owns shutdown.
 //! - `cli`: the `enforcer` command line (clap), a client of the admin API.
 //! - `admin`: the admin API on a Unix socket (peer credentials checked) and its client.
@@ -47,4 +49,5 @@ pub mod idp;
 pub mod metrics;
 pub mod policy;
 pub mod portal;
+pub mod responder;
 pub mod store;
