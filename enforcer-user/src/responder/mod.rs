@@ -250,7 +250,7 @@ impl Responder {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Log the first drop and then every 100th, so a stuck receiver cannot flood
                 // the log.
-                if dropped % 100 == 0 {
+                if dropped.is_multiple_of(100) {
                     warn!(
                         dropped = dropped + 1,
                         "webhook queue full, notification dropped; check the webhook receiver"
