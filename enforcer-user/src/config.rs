@@ -88,6 +88,9 @@ pub struct Config {
     /// The identity provider; the `idp` module defines and reads its keys.
     #[serde(default)]
     pub idp: toml::Table,
+    /// The reauth responder (notifications, webhook); the `responder` module reads its keys.
+    #[serde(default)]
+    pub responder: toml::Table,
 }
 
 /// State store settings.

@@ -43,6 +43,8 @@ pub enum DaemonError {
     Http(#[from] HttpError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error(transparent)]
+    Idp(#[from] crate::idp::IdpError),
     #[error("failed to read the boot id from /proc/sys/kernel/random/boot_id: {0}")]
     BootId(#[source] std::io::Error),
     #[error("failed to install the {signal} handler: {source}")]
@@ -203,7 +205,8 @@ pub async fn serve(
         http::serve(
             "portal",
             config.portal.listen,
-            http::portal_router(state.clone()),
+            http::portal_router(state.clone())
+                .merge(crate::portal::daemon::start(&state, shutdown.clone()).await?),
             shutdown.clone(),
         )
         .await?,

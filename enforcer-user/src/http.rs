@@ -78,7 +78,9 @@ pub async fn serve(
     let local = listener.local_addr().unwrap_or(address);
     tracing::info!(%local, role, "listening");
     Ok(tokio::spawn(async move {
-        let result = axum::serve(listener, router)
+        // The portal identifies devices by the source address, so handlers get ConnectInfo.
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         if let Err(err) = result {

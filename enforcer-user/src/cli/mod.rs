@@ -2,6 +2,7 @@
 //! daemon's admin socket; only `run` and `detach` act locally.
 
 mod human;
+mod idp;
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
@@ -73,6 +74,9 @@ pub enum Command {
     },
     /// Reload the policy file; an invalid file is rejected and the current policy kept.
     Reload,
+    /// Check the identity provider configuration.
+    #[command(subcommand)]
+    Idp(IdpCommand),
     /// Print shell completions to standard output.
     Completions {
         #[arg(value_enum)]
@@ -80,6 +84,16 @@ pub enum Command {
     },
     /// Print the man page (roff) to standard output.
     Man,
+}
+
+#[derive(Subcommand)]
+pub enum IdpCommand {
+    /// Run discovery and print the configured and discovered issuer and what is wrong.
+    Check {
+        /// Configuration file (TOML) with the [idp] section.
+        #[arg(long, short, default_value = "/etc/enforcer/enforcer.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +206,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     let request = match cli.command {
         Command::Run { config } => return run(&config),
         Command::Detach { config } => return detach(&config),
+        Command::Idp(IdpCommand::Check { config }) => return idp::check(&config, cli.output),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -280,6 +295,7 @@ fn request_of(command: Command) -> anyhow::Result<Request> {
         Command::Reload => Request::Reload,
         Command::Run { .. }
         | Command::Detach { .. }
+        | Command::Idp(_)
         | Command::Completions { .. }
         | Command::Man => unreachable!("handled before building a request"),
     })

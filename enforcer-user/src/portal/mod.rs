@@ -5,11 +5,15 @@
 
 mod render;
 
+pub mod daemon;
+mod events;
+pub mod gateway;
+
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::SystemTime,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, SystemTime},
 };
 
 use axum::{
@@ -23,8 +27,11 @@ use serde::Deserialize;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::idp::{
-    Authentication, CallbackParams, IdentityProvider, IdpError, LoginOptions, PendingLogins,
+use crate::{
+    idp::{
+        Authentication, CallbackParams, IdentityProvider, IdpError, LoginOptions, PendingLogins,
+    },
+    responder::Responder,
 };
 
 pub use render::Format;
@@ -90,7 +97,9 @@ pub enum DeviceGrant {
 
 /// Shared state of the portal's handlers.
 pub struct Portal {
-    pub idp: Arc<IdentityProvider>,
+    /// Set once discovery succeeds; until then sign-ins fail with 503.
+    idp: OnceLock<Arc<IdentityProvider>>,
+    responder: OnceLock<Arc<Responder>>,
     pub pending: PendingLogins,
     pub gateway: Arc<dyn Gateway>,
     device_grants: Mutex<HashMap<u32, DeviceGrant>>,
@@ -102,11 +111,46 @@ impl Portal {
         pending: PendingLogins,
         gateway: Arc<dyn Gateway>,
     ) -> Arc<Self> {
+        let portal = Self::without_idp(pending, gateway);
+        portal.set_idp(idp);
+        portal
+    }
+
+    /// Creates a portal whose IdP is set later with `set_idp`, so the portal answers while
+    /// the IdP is unreachable at start.
+    pub fn without_idp(pending: PendingLogins, gateway: Arc<dyn Gateway>) -> Arc<Self> {
         Arc::new(Self {
-            idp,
+            idp: OnceLock::new(),
+            responder: OnceLock::new(),
             pending,
             gateway,
             device_grants: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sets the discovered IdP; later calls are ignored.
+    pub fn set_idp(&self, idp: Arc<IdentityProvider>) {
+        let _ = self.idp.set(idp);
+    }
+
+    /// Sets the reauth responder that feeds `/events` and `/snooze`; later calls are ignored.
+    pub fn set_responder(&self, responder: Arc<Responder>) {
+        let _ = self.responder.set(responder);
+    }
+
+    fn idp(&self, format: Format) -> Result<Arc<IdentityProvider>, PortalError> {
+        self.idp.get().cloned().ok_or_else(|| PortalError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the identity provider is not reachable yet; try again in a minute".into(),
+            format,
+        })
+    }
+
+    fn responder(&self, format: Format) -> Result<Arc<Responder>, PortalError> {
+        self.responder.get().cloned().ok_or_else(|| PortalError {
+            status: StatusCode::NOT_FOUND,
+            message: "this gateway runs no reauth responder".into(),
+            format,
         })
     }
 
@@ -134,6 +178,8 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/login", get(login).post(login))
         .route("/callback", get(callback))
         .route("/device", get(device_status).post(device_start))
+        .route("/events", get(events::stream))
+        .route("/snooze", axum::routing::post(snooze))
         .with_state(portal)
 }
 
@@ -152,7 +198,7 @@ pub async fn serve(
 type PortalState = State<Arc<Portal>>;
 
 /// A failed portal request: the status code and the message shown to the user.
-struct PortalError {
+pub(crate) struct PortalError {
     status: StatusCode,
     message: String,
     format: Format,
@@ -226,7 +272,7 @@ async fn login(
     let status = portal.gateway.device_status(device_id);
     let mfa = status.pending_requires_mfa || query.mfa.is_some_and(|value| value != "0");
     let request = portal
-        .idp
+        .idp(format)?
         .begin_login(&portal.pending, device_id, LoginOptions { mfa })
         .map_err(|err| {
             warn!(device_id, error = %err, "failed to start a sign-in");
@@ -248,7 +294,7 @@ async fn callback(
     let format = Format::from_headers(&headers);
     let device_id = identify(&portal, address, format)?;
     let authentication = portal
-        .idp
+        .idp(format)?
         .complete_login(&portal.pending, device_id, &params)
         .await
         .map_err(|err| sign_in_failed(device_id, err, format))?;
@@ -319,8 +365,8 @@ async fn device_start(
     }
     let status = portal.gateway.device_status(device_id);
     let mfa = status.pending_requires_mfa || query.mfa.is_some_and(|value| value != "0");
-    let authorization = portal
-        .idp
+    let idp = portal.idp(format)?;
+    let authorization = idp
         .start_device_authorization(LoginOptions { mfa })
         .await
         .map_err(|err| sign_in_failed(device_id, err, format))?;
@@ -335,7 +381,7 @@ async fn device_start(
 
     let poller = Arc::clone(&portal);
     tokio::spawn(async move {
-        let outcome = match poller.idp.finish_device_authorization(&authorization).await {
+        let outcome = match idp.finish_device_authorization(&authorization).await {
             Ok(authentication) => match poller.gateway.grant(device_id, &authentication) {
                 Ok(sessions) => {
                     info!(device_id, subject = %authentication.subject, sessions = sessions.len(), "device authorization granted sessions");
@@ -371,4 +417,26 @@ async fn device_status(
         format,
         render::device_grant(format, grant.as_ref()),
     ))
+}
+
+#[derive(Deserialize)]
+struct SnoozeQuery {
+    minutes: u64,
+}
+
+async fn snooze(
+    State(portal): PortalState,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<SnoozeQuery>,
+) -> Result<Response, PortalError> {
+    let format = Format::from_headers(&headers);
+    let device_id = identify(&portal, address, format)?;
+    let responder = portal.responder(format)?;
+    let until = responder.snooze(
+        device_id,
+        Duration::from_secs(query.minutes.saturating_mul(60)),
+        std::time::Instant::now(),
+    );
+    Ok(respond(format, render::snoozed(format, until)))
 }

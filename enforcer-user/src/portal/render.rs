@@ -135,6 +135,12 @@ pub fn status(
                     let _ = writeln!(body, "<li>{}</li>", escape(resource));
                 }
                 body.push_str("</ul>\n");
+                body.push_str(
+                    "<form method=\"post\" action=\"/snooze\" id=\"snooze\">Remind me later: \
+<button name=\"minutes\" value=\"15\" formaction=\"/snooze?minutes=15\">15 min</button> \
+<button name=\"minutes\" value=\"60\" formaction=\"/snooze?minutes=60\">1 h</button> \
+<button name=\"minutes\" value=\"240\" formaction=\"/snooze?minutes=240\">4 h</button></form>\n",
+                );
             }
             let mfa = if status.pending_requires_mfa {
                 "<input type=\"hidden\" name=\"mfa\" value=\"1\"><p>A resource waiting for you requires multi-factor sign-in.</p>"
@@ -272,6 +278,20 @@ pub fn device_grant(format: Format, grant: Option<&DeviceGrant>) -> String {
         (Format::Text, None) => {
             "device sign-in: not started; run `curl -X POST <portal>/device`\n".into()
         }
+    }
+}
+
+/// Renders the confirmation of a snooze.
+pub fn snoozed(format: Format, until: SystemTime) -> String {
+    match format {
+        Format::Html => page(
+            "Prompts snoozed",
+            &format!(
+                "<p id=\"snoozed\">No sign-in notifications until {}.</p>\n<p><a href=\"/\">Back to the portal</a></p>\n",
+                timestamp(until)
+            ),
+        ),
+        Format::Text => format!("sign-in notifications snoozed until {}\n", timestamp(until)),
     }
 }
 

@@ -11,14 +11,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use common::{PuntEvent, Reason, UNKNOWN_DEVICE_ID};
+use common::UNKNOWN_DEVICE_ID;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
-pub use webhook::{WebhookConfig, WebhookWorker};
+pub use webhook::{Delivery, WebhookConfig, WebhookWorker};
 
-use crate::store::unix_ms_now;
+use crate::{dataplane::punts::Punt, store::unix_ms_now};
 
 /// The `[responder]` section of the daemon's configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -66,7 +66,8 @@ pub struct PromptEvent {
 pub struct WaitingResource {
     pub resource_id: u32,
     pub punts: u64,
-    pub last_reason: Option<Reason>,
+    /// Deny reason of the latest punt, such as `expired` or `no_session`.
+    pub last_reason: Option<&'static str>,
 }
 
 /// The pending prompt of one device, as the portal shows it.
@@ -166,13 +167,13 @@ impl Responder {
     }
 
     /// Adds a punt to its device's prompt and notifies the device when it is due.
-    pub fn record_punt(&self, event: &PuntEvent, now: Instant) -> PuntOutcome {
+    pub fn record_punt(&self, event: &Punt, now: Instant) -> PuntOutcome {
         let mut state = self.state();
         if event.device_id == UNKNOWN_DEVICE_ID {
             state.ignored_unknown_device += 1;
             return PuntOutcome::UnknownDevice;
         }
-        if event.monitor != 0 {
+        if event.monitor {
             state.ignored_monitor += 1;
             return PuntOutcome::Monitor;
         }
@@ -200,7 +201,7 @@ impl Responder {
                 last_reason: None,
             });
         waiting.punts += 1;
-        waiting.last_reason = Reason::from_u8(event.reason);
+        waiting.last_reason = event.reason;
 
         if let Some((until, _)) = prompt.snoozed_until {
             if now < until {

@@ -1,6 +1,8 @@
 use std::time::{Duration, Instant};
 
-use common::{PuntEvent, Reason};
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::dataplane::punts::Punt;
 
 use super::*;
 
@@ -15,13 +17,18 @@ fn responder() -> Arc<Responder> {
     Responder::new(config).0
 }
 
-fn punt(device_id: u32, resource_id: u32) -> PuntEvent {
-    PuntEvent {
+fn punt(device_id: u32, resource_id: u32) -> Punt {
+    Punt {
+        timestamp_boot_ns: 0,
         device_id,
         resource_id,
-        reason: Reason::Expired as u8,
-        ip_version: 4,
-        ..PuntEvent::default()
+        source: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+        destination: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        source_port: 40000,
+        destination_port: 443,
+        protocol: 6,
+        reason: Some("expired"),
+        monitor: false,
     }
 }
 
@@ -94,8 +101,8 @@ fn unknown_device_and_monitor_ignored() {
     let now = Instant::now();
     let unknown = responder.record_punt(&punt(common::UNKNOWN_DEVICE_ID, 10), now);
     let monitor = responder.record_punt(
-        &PuntEvent {
-            monitor: 1,
+        &Punt {
+            monitor: true,
             ..punt(1, 10)
         },
         now,
