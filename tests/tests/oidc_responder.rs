@@ -45,7 +45,7 @@ fn config(webhook: Option<WebhookConfig>) -> ResponderConfig {
     }
 }
 
-/// Serves HTTP on 127.0.0.1, answering 503 to the first `failures` requests and 204 after,
+/// Serves HTTP on 127.0.0.1, responding 503 to the first `failures` requests and 204 after,
 /// and returns the request bodies it received. It stops after `max_requests` requests.
 fn webhook_receiver(failures: usize, max_requests: usize) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");

@@ -18,7 +18,7 @@ use crate::{
 
 /// Interval of the purge of expired pending sign-ins and idle prompts.
 const PURGE_INTERVAL: Duration = Duration::from_secs(60);
-/// Longest wait between two discovery attempts while the IdP is unreachable.
+/// Maximum wait between two discovery attempts while the IdP is unreachable.
 const MAX_DISCOVERY_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Parses a configuration table into `T`, naming the section in the error.
@@ -86,7 +86,7 @@ fn set_health(state: &DaemonState, result: Result<(), &IdpError>) {
 }
 
 /// Discovers the IdP, retrying with exponential backoff (1 s doubling to 60 s) until it
-/// answers or shutdown.
+/// succeeds or shutdown.
 async fn discover(
     config: IdpConfig,
     secret: openidconnect::ClientSecret,

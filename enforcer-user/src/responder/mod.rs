@@ -1,5 +1,5 @@
 //! Reauth responder: turns punts from the XDP program into one pending prompt per device and
-//! tells the user where to sign in, through the portal page, a webhook and a server-sent event
+//! shows the user where to sign in, through the portal page, a webhook and a server-sent event
 //! stream per device. Repeated punts are coalesced, so a busy client produces at most one
 //! notification per device per `notify_interval_secs` and no per-packet logs above debug.
 
@@ -30,7 +30,7 @@ pub struct ResponderConfig {
     /// A prompt with no punt for this long is dropped, in seconds.
     #[serde(default = "default_prompt_ttl_secs")]
     pub prompt_ttl_secs: u64,
-    /// Longest snooze a user may choose, in seconds.
+    /// Maximum snooze a user may choose, in seconds.
     #[serde(default = "default_max_snooze_secs")]
     pub max_snooze_secs: u64,
     /// Portal URL sent in notifications, for example `http://gateway.example:8080/`.
@@ -80,7 +80,7 @@ pub struct PromptView {
     pub snoozed_until: Option<SystemTime>,
 }
 
-/// What `record_punt` did with a punt.
+/// Outcome of `record_punt` for one punt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PuntOutcome {
     /// The device was notified.
@@ -90,7 +90,7 @@ pub enum PuntOutcome {
     Coalesced,
     /// Added to the prompt; the user snoozed notifications.
     Snoozed,
-    /// Ignored: the source address is no enrolled device, so nobody can be prompted.
+    /// Ignored: the source address is no enrolled device, so no user can be prompted.
     UnknownDevice,
     /// Ignored: the resource is in monitor mode and the packet passed.
     Monitor,
