@@ -142,7 +142,8 @@ impl TestProgram {
         Ok(RingBuf::try_from(map)?)
     }
 
-    fn map<'a, T>(&'a mut self, name: &'static str) -> anyhow::Result<T>
+    /// Returns map `name` as the aya map type `T`.
+    pub fn map<'a, T>(&'a mut self, name: &'static str) -> anyhow::Result<T>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {

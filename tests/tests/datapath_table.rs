@@ -660,7 +660,7 @@ fn cases() -> Vec<Case> {
             truncate(
                 v6_tcp_chain(
                     DEVICE_B,
-                    &[dest_options.clone()],
+                    std::slice::from_ref(&dest_options),
                     tcp(40000, 443, 1, 2, TCP_ACK, b""),
                 ),
                 14 + 40 + 4,
