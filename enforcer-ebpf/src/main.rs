@@ -9,7 +9,7 @@
 //! 4. Later fragments take the verdict recorded for their datagram's first fragment.
 //! 5. First matching rule of the prefix; no match passes untouched.
 //! 6. Device by source address, then its MAC binding, then the session and its expiry.
-//! 7. A deny is punted, then passed (monitor), dropped, or answered (reject).
+//! 7. A deny is punted, then passed (monitor), dropped, or replied to (reject).
 #![no_std]
 #![no_main]
 
@@ -341,6 +341,8 @@ fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
 }
 
 /// Passes a later fragment only when its datagram's first fragment passed.
+// NOTE: the device's MAC binding is checked on the first fragment only; a later fragment from
+// the bound address and another MAC passes when its first fragment did.
 #[inline(always)]
 fn later_fragment(network: &Network, packet: &Packet) -> u32 {
     // SAFETY: the value is copied out at once.

@@ -10,7 +10,7 @@ static PARSE_SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// verifier track packet pointers, and no XDP frame without multi-buffer is this long.
 pub const MAX_OFFSET: usize = 0x3fff;
 
-/// Returns whether the packet holds at least `end` bytes.
+/// Returns whether the packet is at least `end` bytes long.
 #[inline(always)]
 pub fn fits(ctx: &XdpContext, end: usize) -> bool {
     if end > MAX_OFFSET {
@@ -42,7 +42,7 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 /// Reads a `T` at `offset`, or returns `None` when the packet is too short.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    // SAFETY: `ptr_at` checked that the packet holds a `T` at `offset`. The read is unaligned
+    // SAFETY: `ptr_at` checked that the packet contains a `T` at `offset`. The read is unaligned
     // because packet headers carry no alignment guarantee.
     ptr_at::<T>(ctx, offset).map(|ptr| unsafe { ptr.read_unaligned() })
 }

@@ -4,9 +4,10 @@
 //! it validates the rest of the packet:
 //!
 //! ```ignore
-//! #[path = "packet.rs"]
+//! // In a bin under src/bin/; both modules must sit at the crate root.
+//! #[path = "../packet.rs"]
 //! mod packet;
-//! #[path = "parse.rs"]
+//! #[path = "../parse.rs"]
 //! mod parse;
 //!
 //! let network = match parse::network(&ctx, parse::Link::Ethernet) {

@@ -1,8 +1,8 @@
-//! Rewrites a denied packet in place into its reject reply, to be sent back with XDP_TX:
-//! a TCP RST (RFC 793 reset generation) for TCP, and ICMP destination unreachable
-//! "communication administratively prohibited" (type 3 code 13) or ICMPv6 destination
-//! unreachable "administratively prohibited" (type 1 code 1) for everything else. L2 tags are
-//! kept and the MAC addresses swapped.
+//! Rewrites a denied packet in place into its reject reply, which the program sends back with
+//! XDP_TX. TCP gets a RST (RFC 793 reset generation). Everything else gets ICMP destination
+//! unreachable "communication administratively prohibited" (type 3 code 13) or ICMPv6
+//! destination unreachable "administratively prohibited" (type 1 code 1). L2 tags are kept and
+//! the MAC addresses swapped.
 
 use core::ffi::c_void;
 
@@ -31,7 +31,7 @@ const HOP_LIMIT: u8 = 64;
 /// The reply could not be built; the caller drops the packet.
 pub struct ReplyFailed;
 
-/// Returns whether a reject may answer `packet` at all. No reply goes to a RST (RFC 793), an
+/// Returns whether a reject may reply to `packet` at all. No reply goes to a RST (RFC 793), an
 /// ICMP error (RFC 1122 3.2.2), or from or to a multicast, broadcast or unspecified address
 /// (RFC 1812 4.3.2.7).
 #[inline(always)]
@@ -172,9 +172,9 @@ fn tcp_reset(ctx: &XdpContext, network: &Network, packet: &Packet) -> Result<(),
     write(ctx, l3 + ip_len, reset).ok_or(ReplyFailed)
 }
 
-/// Turns the packet into an ICMP or ICMPv6 error that quotes its start: the frame is cut
-/// after the quote, room for the new IP and ICMP headers is made in front, and the L2 header
-/// moves to the new frame start.
+/// Turns the packet into an ICMP or ICMPv6 error that quotes its start. The frame is cut after
+/// the quote and grown in front for the new IP and ICMP headers, and the L2 header moves to the
+/// new frame start.
 #[inline(always)]
 fn icmp_unreachable(
     ctx: &XdpContext,

@@ -1,7 +1,8 @@
 //! Real traffic through a gateway namespace: a client namespace reaches a resource namespace
 //! over two veth pairs, with the XDP program on the gateway's client-facing veth in native or
-//! generic mode. TCP, UDP and ICMP pass with a session; without one the client sees the RST or
-//! the ICMP error (reject) or nothing (drop); monitor mode passes; punts reach user space.
+//! generic mode. TCP, UDP and ICMP pass with a session. Without one, the client sees the RST or
+//! the ICMP error of a reject, or nothing for a drop. Monitor mode passes, and punts reach user
+//! space.
 
 use std::{
     io::ErrorKind,
@@ -321,7 +322,7 @@ fn enforce_real_traffic(mode: XdpMode, attached_as: &str) {
         "g0 should show `{attached_as}`: {link}"
     );
 
-    // Without sessions: reject answers, drop stays silent.
+    // Without sessions a reject sends a reply and a drop stays silent.
     let v4 = IpAddr::V4(RESOURCE_V4);
     let outcome = tcp_connect(&lab.client, v4, 22);
     assert_eq!(outcome, Outcome::Refused, "TCP reject");

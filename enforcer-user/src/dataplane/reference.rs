@@ -3,7 +3,7 @@
 //!
 //! The differential test runs random and mutated packets through both this model and the
 //! kernel program and requires the same verdict and reply, so the model doubles as the
-//! specification of the data path; `enforcer explain` uses it to say why a packet would be
+//! specification of the data path. `enforcer explain` uses it to show why a packet would be
 //! passed or denied. It takes no aya types and needs no privileges.
 //!
 //! Rules are tried in the order of [`PrefixRules`]: the most specific matching prefix's list,
@@ -772,7 +772,7 @@ fn fragment_key(network: &Network, packet: &Packet) -> FragmentKey {
     }
 }
 
-/// Returns whether a reject may answer the packet: never a RST (RFC 793), never an ICMP
+/// Returns whether a reject may reply to the packet: never a RST (RFC 793), never an ICMP
 /// error (RFC 1122 3.2.2), and never from or to a multicast, broadcast or unspecified
 /// address (RFC 1812 4.3.2.7).
 fn reply_allowed(network: &Network, packet: &Packet) -> bool {
