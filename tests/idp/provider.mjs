@@ -1,7 +1,7 @@
 // OpenID provider for enforcer's tests, built on the certified `oidc-provider` package.
 //
 // Usage: node provider.mjs CONFIG.json
-// It listens on 127.0.0.1 on a random port and prints one JSON line to stdout,
+// It listens on IDP_HOST (default 127.0.0.1) on a random port and prints one JSON line to stdout,
 // {"issuer": "...", "port": N}, once it accepts connections. CONFIG.json holds:
 //   clients:  oidc-provider client metadata (client_id, client_secret, redirect_uris, ...)
 //   accounts: { "<login>": { password, otp?, email, groups: [...] } }
@@ -105,9 +105,10 @@ async function handleInteraction(provider, req, res, uid, action) {
 }
 
 const server = createServer();
-server.listen(0, '127.0.0.1', () => {
+const host = process.env.IDP_HOST ?? '127.0.0.1';
+server.listen(0, host, () => {
   const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+  const issuer = `http://${host}:${port}`;
   const provider = new Provider(issuer, {
     clients: config.clients,
     cookies: { keys: [randomBytes(32).toString('hex')] },

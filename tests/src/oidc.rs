@@ -64,7 +64,7 @@ pub struct NodeServer {
 }
 
 impl NodeServer {
-    fn start(script: &str, config: Option<&Value>) -> anyhow::Result<Self> {
+    fn start(script: &str, config: Option<&Value>, host: &str) -> anyhow::Result<Self> {
         let dir = TempDir::new("idp")?;
         let dir_path = idp_dir();
         if !dir_path.join("node_modules").is_dir() {
@@ -81,6 +81,7 @@ impl NodeServer {
             command.arg(&config_path);
         }
         let mut child = command
+            .env("IDP_HOST", host)
             .current_dir(&dir_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -120,6 +121,12 @@ impl Drop for NodeServer {
 /// `redirect_uris`, and the accounts alice (groups eng), bob (groups ops) and carol (no
 /// groups), all with `PASSWORD` and `OTP`.
 pub fn start_provider(redirect_uris: &[String]) -> anyhow::Result<NodeServer> {
+    start_provider_on("127.0.0.1", redirect_uris)
+}
+
+/// Starts the test IdP listening on `host`, an address of the calling thread's network
+/// namespace.
+pub fn start_provider_on(host: &str, redirect_uris: &[String]) -> anyhow::Result<NodeServer> {
     let account = |name: &str, groups: &[&str]| {
         json!({
             "password": PASSWORD,
@@ -143,12 +150,12 @@ pub fn start_provider(redirect_uris: &[String]) -> anyhow::Result<NodeServer> {
             "carol": account("carol", &[]),
         },
     });
-    NodeServer::start("provider.mjs", Some(&config))
+    NodeServer::start("provider.mjs", Some(&config), host)
 }
 
 /// Starts the hostile signer; select its defect with `set_hostile_mode`.
 pub fn start_hostile() -> anyhow::Result<NodeServer> {
-    NodeServer::start("hostile.mjs", None)
+    NodeServer::start("hostile.mjs", None, "127.0.0.1")
 }
 
 pub async fn set_hostile_mode(server: &NodeServer, mode: &str) -> anyhow::Result<()> {

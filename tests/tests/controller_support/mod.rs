@@ -60,6 +60,8 @@ pub struct Gateway {
     pub client: Netns,
     pub gateway: Netns,
     pub extra_config: String,
+    /// Portal listener address inside the gateway namespace.
+    pub portal_listen: String,
 }
 
 impl Gateway {
@@ -87,6 +89,7 @@ impl Gateway {
             client,
             gateway,
             extra_config: String::new(),
+            portal_listen: "127.0.0.1:0".into(),
         };
         lab.write_policy(policy);
         lab
@@ -129,12 +132,13 @@ path = "state.redb"
 socket = "admin.sock"
 {extra}
 [portal]
-listen = "127.0.0.1:0"
+listen = "{portal}"
 [metrics]
 listen = "{metrics}"
 "#,
             pins = self.pin_root.display(),
             extra = self.extra_config,
+            portal = self.portal_listen,
             metrics = METRICS_LISTEN,
         );
         fs::write(self.config_path(), config).unwrap();
