@@ -1,6 +1,6 @@
-//! End to end through the real daemon: a ping to a protected resource is denied and punted
-//! by the XDP program, the portal lists the waiting resource, the user signs in with headless
-//! chromium against the real `oidc-provider`, and the next ping passes.
+//! End to end through the real daemon. A ping to a protected resource is denied and punted
+//! by the XDP program, and the portal lists the waiting resource. The user then signs in with
+//! headless chromium against the real `oidc-provider`, and the next ping passes.
 //!
 //! The IdP and the portal listen on the gateway's address 192.0.2.1, inside the gateway
 //! namespace, and chromium runs in the client namespace, so the portal sees the device's
