@@ -55,8 +55,15 @@ pub fn render(request: &Request, result: &Value) -> String {
         Request::Explain { .. } => explain(&mut out, result),
         Request::Audit { .. } => audit(&mut out, result),
         Request::Stats => {
-            key_values(&mut out, "", result);
+            let mut engine = result.clone();
+            if let Some(map) = engine.as_object_mut() {
+                map.remove("counters");
+            }
+            key_values(&mut out, "", &engine);
+            let _ = writeln!(out, "counters");
+            key_values(&mut out, "  ", &result["counters"]);
         }
+        Request::DeviceEnroll { .. } => devices(&mut out, &Value::Array(vec![result.clone()])),
         _ => key_values(&mut out, "", result),
     }
     out
@@ -121,7 +128,7 @@ fn devices(out: &mut String, result: &Value) {
         let _ = writeln!(
             out,
             "{:<6} {:<20} {:<24} {:<8} {}",
-            device["id"],
+            plain(&device["id"]),
             plain(&device["name"]),
             plain(&device["owner"]),
             plain(&device["source"]),
@@ -147,7 +154,7 @@ fn sessions(out: &mut String, result: &Value) {
         let _ = writeln!(
             out,
             "{:<7} {:<16} {:<8} {:<26} {}",
-            session["device_id"],
+            plain(&session["device_id"]),
             plain(&session["resource"]),
             state,
             time(&session["expires_unix_ns"]),
@@ -181,7 +188,7 @@ fn resources(out: &mut String, result: &Value) {
         let _ = writeln!(
             out,
             "{:<4} {:<16} {:<10} {:<8} {:<7} {}{}",
-            entry["id"],
+            plain(&entry["id"]),
             plain(&resource["name"]),
             humantime::format_duration(std::time::Duration::from_secs(session)).to_string(),
             if resource["step_up"] == true {
@@ -257,7 +264,7 @@ fn audit(out: &mut String, result: &Value) {
         let _ = writeln!(
             out,
             "{:<6} {} {:<14} {:<22} {}",
-            record["seq"],
+            plain(&record["seq"]),
             time(&at_ns.unwrap_or(Value::Null)),
             plain(&record["kind"]),
             plain(&record["actor"]),

@@ -51,6 +51,11 @@ pub enum Command {
         #[arg(long, short, default_value = "/etc/enforcer/enforcer.toml")]
         config: PathBuf,
     },
+    /// Check a policy file without a daemon: every error with its line, exit code 2 if any.
+    Check {
+        /// Policy file (TOML).
+        policy: PathBuf,
+    },
     /// Show the interface, XDP mode, program id, counters, store and IdP state.
     Status,
     /// Manage enrolled devices.
@@ -191,6 +196,7 @@ pub fn entry() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match main(cli) {
         Ok(code) => code,
@@ -207,6 +213,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => return run(&config),
         Command::Detach { config } => return detach(&config),
         Command::Idp(IdpCommand::Check { config }) => return idp::check(&config, cli.output),
+        Command::Check { policy } => return check(&policy),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -296,6 +303,7 @@ fn request_of(command: Command) -> anyhow::Result<Request> {
         Command::Run { .. }
         | Command::Detach { .. }
         | Command::Idp(_)
+        | Command::Check { .. }
         | Command::Completions { .. }
         | Command::Man => unreachable!("handled before building a request"),
     })
@@ -339,6 +347,36 @@ fn run(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let runtime = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
     runtime.block_on(crate::daemon::run(config, CancellationToken::new()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let policy = match crate::policy::Policy::load(path) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("enforcer: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Ids only need to be distinct here; the daemon's store assigns the real ones.
+    let ids = policy
+        .resources
+        .iter()
+        .enumerate()
+        .map(|(index, resource)| (resource.name.clone(), index as u32 + 1))
+        .collect();
+    let file = path.display().to_string();
+    if let Err(errors) = crate::policy::compile_prefixes(&file, &policy, &ids) {
+        for error in errors {
+            eprintln!("enforcer: {error}");
+        }
+        return Ok(ExitCode::from(2));
+    }
+    println!(
+        "{file} is valid: {} resource(s), {} device(s)",
+        policy.resources.len(),
+        policy.devices.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -139,9 +139,11 @@ fn adopt(
     let info = link.info().map_err(|err| pin_error(&link_path, err))?;
     let program_id = info.program_id();
 
-    let name = loaded_programs()
+    let pinned = loaded_programs()
         .filter_map(Result::ok)
-        .find(|program| program.id() == program_id)
+        .find(|program| program.id() == program_id);
+    let name = pinned
+        .as_ref()
         .and_then(|program| program.name_as_str().map(str::to_owned));
     if name.as_deref() != Some(program_name) {
         return Err(DataplaneError::ForeignLink {
@@ -149,6 +151,10 @@ fn adopt(
             program_id,
             program: name.unwrap_or_else(|| "unknown".to_owned()),
         });
+    }
+    let pinned_tag = pinned.map(|program| program.tag());
+    if let Some(upgraded) = upgrade(folder, program_name, pinned_tag, link, info.id())? {
+        return Ok(upgraded);
     }
 
     let mut maps = std::collections::HashMap::new();
@@ -192,6 +198,86 @@ fn check_bpffs(folder: &Path) -> Result<(), DataplaneError> {
         });
     }
     Ok(())
+}
+
+/// Replaces the pinned program with this binary's when their tags differ, keeping the pinned
+/// maps and the link: the new program is loaded against the pinned maps and swapped in with
+/// `bpf_link_update`, so no packet goes unenforced. Returns `None` when the programs are the
+/// same, or when this binary was built without its XDP object, so the pinned one is adopted.
+fn upgrade(
+    folder: &Path,
+    program_name: &'static str,
+    pinned_tag: Option<u64>,
+    link: FdLink,
+    link_id: u32,
+) -> Result<Option<(Dataplane, Attachment)>, DataplaneError> {
+    let Ok(object) = super::xdp_object() else {
+        return Ok(None);
+    };
+    let mut loader = aya::EbpfLoader::new();
+    for name in MAP_NAMES {
+        let path = folder.join(name);
+        if path.exists() {
+            loader.map_pin_path(name, path);
+        }
+    }
+    let mut ebpf = loader.load(object)?;
+    let program = super::program_mut(&mut ebpf, program_name)?;
+    program.load().map_err(|source| DataplaneError::Program {
+        name: program_name,
+        source,
+    })?;
+    let info = program.info().map_err(|source| DataplaneError::Program {
+        name: program_name,
+        source,
+    })?;
+    if Some(info.tag()) == pinned_tag {
+        return Ok(None);
+    }
+    // NOTE: no test covers this path yet, because the tests have only one program build; a
+    // pinned map whose definition changed makes the load above fail, and then the operator
+    // has to run `enforcer detach` before `enforcer run`.
+
+    let xdp_link = aya::programs::xdp::XdpLink::try_from(link)
+        .map_err(|err| pin_error(&folder.join(LINK_PIN), err))?;
+    program
+        .attach_to_link(xdp_link)
+        .map_err(|source| DataplaneError::Program {
+            name: program_name,
+            source,
+        })?;
+    let program_path = folder.join(PROGRAM_PIN);
+    fs::remove_file(&program_path).map_err(|err| pin_error(&program_path, err))?;
+    program
+        .pin(&program_path)
+        .map_err(|err| pin_error(&program_path, err))?;
+    tracing::info!(
+        old_tag = ?pinned_tag.map(|tag| format!("{tag:016x}")),
+        new_tag = format!("{:016x}", info.tag()),
+        program_id = info.id(),
+        "replaced the pinned XDP program with this binary's, keeping its maps and link"
+    );
+
+    let mut maps = std::collections::HashMap::new();
+    for name in MAP_NAMES {
+        if let Some(map) = ebpf.take_map(name) {
+            maps.insert(name, map);
+        }
+    }
+    let dataplane = Dataplane {
+        ebpf: Some(ebpf),
+        maps,
+        program_name,
+    };
+    Ok(Some((
+        dataplane,
+        Attachment {
+            adopted: true,
+            program_id: info.id(),
+            link_id,
+            pin_folder: folder.to_path_buf(),
+        },
+    )))
 }
 
 /// Removes the pins in `folder` and the folder: the link first, which detaches the program,
