@@ -80,6 +80,10 @@ pub struct Config {
     pub pin_root: PathBuf,
     /// Policy file (TOML), reloaded on SIGHUP and `enforcer reload`.
     pub policy: PathBuf,
+    /// Maximum number of (device, resource) sessions in the kernel map; the XDP object's own
+    /// size when unset. It applies when the program is attached, not when a pinned one is
+    /// adopted.
+    pub session_capacity: Option<u32>,
     pub store: StoreConfig,
     #[serde(default)]
     pub admin: AdminConfig,

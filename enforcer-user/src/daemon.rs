@@ -142,6 +142,7 @@ pub fn start(config: Config) -> Result<DaemonState, DaemonError> {
         &config.interface,
         xdp_mode(config.xdp_mode),
         program,
+        config.session_capacity,
     )?;
     tracing::info!(
         interface = %config.interface,

@@ -237,3 +237,49 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .and_then(|value| value.parse().ok())
         .unwrap_or(0)
 }
+
+#[test]
+fn full_session_map_rejects_grant() {
+    let mut lab = Gateway::new(POLICY);
+    lab.top_config = "session_capacity = 2".to_owned();
+    lab.start();
+    let enrolled = lab.cli(&[
+        "device",
+        "enroll",
+        "phone",
+        "--address",
+        "192.0.2.60",
+        "--owner",
+        "alice@example.com",
+    ]);
+    assert!(enrolled.status.success(), "{}", text(&enrolled));
+    grant(&lab, "laptop", "1h");
+    grant(&lab, "desktop", "1h");
+
+    let full = lab.cli(&[
+        "session",
+        "grant",
+        "phone",
+        "gateway-icmp",
+        "--duration",
+        "1h",
+    ]);
+    assert_eq!(full.status.code(), Some(1), "{}", text(&full));
+    assert!(
+        text(&full).contains("map SESSIONS is full (2 entries)"),
+        "{}",
+        text(&full)
+    );
+    let sessions = lab.cli_json(&["session", "list"]);
+    assert_eq!(
+        sessions.as_array().unwrap().len(),
+        2,
+        "the store must not record the failed grant"
+    );
+    assert!(lab.metrics().contains("enforcer_map_full_errors_total 1\n"));
+    assert!(lab.ping_from(CLIENT), "earlier sessions keep passing");
+
+    let revoked = lab.cli(&["session", "revoke", "--device", "2"]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    grant(&lab, "phone", "1h");
+}

@@ -109,7 +109,20 @@ impl Dataplane {
 
     /// Loads the object and verifies the entry point `program_name`, without attaching it.
     pub fn load_program(program_name: &'static str) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(xdp_object()?)?;
+        Self::load_with(program_name, None)
+    }
+
+    /// Loads as `load_program`, with the `SESSIONS` map sized to `session_capacity` entries
+    /// when given.
+    pub fn load_with(
+        program_name: &'static str,
+        session_capacity: Option<u32>,
+    ) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(capacity) = session_capacity {
+            loader.map_max_entries(map_names::SESSIONS, capacity);
+        }
+        let mut ebpf = loader.load(xdp_object()?)?;
         program_mut(&mut ebpf, program_name)?
             .load()
             .map_err(|source| DataplaneError::Program {

@@ -51,6 +51,7 @@ pub fn attach_or_adopt(
     interface: &str,
     mode: XdpMode,
     program_name: &'static str,
+    session_capacity: Option<u32>,
 ) -> Result<(Dataplane, Attachment), DataplaneError> {
     check_bpffs(folder)?;
     if folder.join(LINK_PIN).exists() {
@@ -58,7 +59,7 @@ pub fn attach_or_adopt(
     }
     clear(folder)?;
     fs::create_dir_all(folder).map_err(|err| pin_error(folder, err))?;
-    match attach_pinned(folder, interface, mode, program_name) {
+    match attach_pinned(folder, interface, mode, program_name, session_capacity) {
         Ok(attached) => Ok(attached),
         Err(err) => {
             if let Err(cleanup) = clear(folder) {
@@ -74,8 +75,9 @@ fn attach_pinned(
     interface: &str,
     mode: XdpMode,
     program_name: &'static str,
+    session_capacity: Option<u32>,
 ) -> Result<(Dataplane, Attachment), DataplaneError> {
-    let mut dataplane = Dataplane::load_program(program_name)?;
+    let mut dataplane = Dataplane::load_with(program_name, session_capacity)?;
     for (name, map) in &dataplane.maps {
         let path = folder.join(name);
         map.pin(&path).map_err(|err| pin_error(&path, err))?;

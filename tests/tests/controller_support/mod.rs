@@ -59,9 +59,12 @@ pub struct Gateway {
     pub pin_root: PathBuf,
     pub client: Netns,
     pub gateway: Netns,
+    /// Lines added to the `[admin]` table of the config.
     pub extra_config: String,
     /// Portal listener address inside the gateway namespace.
     pub portal_listen: String,
+    /// Top-level keys added to the config.
+    pub top_config: String,
 }
 
 impl Gateway {
@@ -90,6 +93,7 @@ impl Gateway {
             gateway,
             extra_config: String::new(),
             portal_listen: "127.0.0.1:0".into(),
+            top_config: String::new(),
         };
         lab.write_policy(policy);
         lab
@@ -126,6 +130,7 @@ interface = "g0"
 xdp_mode = "skb"
 pin_root = "{pins}"
 policy = "policy.toml"
+{top}
 [store]
 path = "state.redb"
 [admin]
@@ -140,6 +145,7 @@ listen = "{metrics}"
             extra = self.extra_config,
             portal = self.portal_listen,
             metrics = METRICS_LISTEN,
+            top = self.top_config,
         );
         fs::write(self.config_path(), config).unwrap();
     }
