@@ -54,13 +54,13 @@ pub fn boot_time_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `now` is a valid, writable timespec; CLOCK_BOOTTIME exists since Linux 2.6.39,
-    // so the call cannot fail.
+    // SAFETY: `now` is a valid, writable timespec. CLOCK_BOOTTIME exists since Linux 2.6.39, so
+    // the only failure left (EFAULT) cannot happen with a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// A clock that moves only when told to, for tests.
+/// A clock for tests that moves only through `advance`, `step_wall` and `reboot`.
 #[derive(Debug)]
 pub struct ManualClock {
     now: std::sync::Mutex<Instant>,

@@ -1,4 +1,4 @@
-//! `enforcer explain`: says which device and resource a packet matches, whether its session is
+//! `enforcer explain`: reports which device and resource a packet matches, whether its session is
 //! live and until when, and the verdict.
 //!
 //! The verdict comes from the data path's reference classifier (`dataplane::reference`), run
@@ -104,7 +104,7 @@ pub struct Explanation {
     pub rule: Option<MatchedRule>,
     pub session: Option<SessionState>,
     pub verdict: Verdict,
-    /// What the program does with the packet: `pass`, `drop` or `reject` (a reply sent with
+    /// Action of the program on the packet: `pass`, `drop` or `reject` (a reply sent with
     /// XDP_TX).
     pub action: &'static str,
 }

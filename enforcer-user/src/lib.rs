@@ -7,9 +7,9 @@
 //! - `policy`: the policy file (resources, who may reach them, pre-enrolled devices), its
 //!   validation with line numbers, and its compilation into the kernel's prefix rules.
 //! - `store`: the redb state store with a typed API. Pending logins of the authorization code
-//!   flow live in `store/logins.rs` (`Store::put_pending_login`, `Store::take_pending_login`,
-//!   which is single-use); the IdP client and the portal use that API and add fields to
-//!   `PendingLogin` there.
+//!   flow live in `store/logins.rs` (`Store::put_pending_login`, and the single-use
+//!   `Store::take_pending_login`). The IdP client and the portal use that API and add fields
+//!   to `PendingLogin` there.
 //! - `clock`: wall time, CLOCK_BOOTTIME and the boot id, and the expiry conversion.
 //! - `engine`: the session engine, the only writer of the kernel maps: reconciliation,
 //!   sign-in, grants, revocation and policy reload.

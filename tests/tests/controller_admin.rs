@@ -36,7 +36,7 @@ fn status_as_nobody(lab: &Gateway, extra: &[&str]) -> std::process::Output {
 fn admin_socket_rejects_other_user() {
     let lab = lab();
     // CAP_DAC_OVERRIDE lets the process past the socket's file mode, so only the daemon's
-    // peer credential check stands between it and the API.
+    // peer credential check can reject it.
     let output = status_as_nobody(
         &lab,
         &[

@@ -121,7 +121,7 @@ fn crash_keeps_exactly_committed_grants() {
             }
             sleep(Duration::from_millis(10));
         }
-        // Kill through a second handle: the streamer keeps sending until told to stop.
+        // The daemon is killed by pid while the streamer keeps sending until `stop` is set.
         let pid = lab_ref.daemon_pid().expect("the daemon is running");
         let status = std::process::Command::new("kill")
             .args(["-9", &pid.to_string()])

@@ -50,7 +50,7 @@ impl Peer {
     }
 }
 
-/// Whether `peer` may use the admin API: root, or a member of `admin_gid`.
+/// Returns whether `peer` may use the admin API, which root and members of `admin_gid` may.
 pub fn is_authorized(peer: &Peer, admin_gid: Option<u32>) -> bool {
     if peer.uid == 0 {
         return true;
@@ -196,7 +196,7 @@ fn peer_groups(stream: &UnixStream) -> std::io::Result<Vec<u32>> {
     loop {
         let mut length = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
         // SAFETY: the buffer is valid for `length` bytes and the kernel writes at most that
-        // many; `length` is updated to the bytes written, or to the size needed on ERANGE.
+        // many. The kernel sets `length` to the bytes written, or to the size needed on ERANGE.
         let result = unsafe {
             libc::getsockopt(
                 stream.as_raw_fd(),

@@ -286,7 +286,7 @@ fn key_values(out: &mut String, indent: &str, value: &Value) {
     }
 }
 
-/// A JSON value without quotes around strings; `-` for null.
+/// Formats a JSON value without quotes around strings, and null as `-`.
 fn plain(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),

@@ -1,5 +1,5 @@
-//! The kernel maps as the session engine sees them: a trait with the kernel implementation in
-//! `Dataplane` and an in-memory one for unit tests and for reasoning about map contents.
+//! The kernel maps as the session engine uses them: a trait with the kernel implementation in
+//! `Dataplane` and an in-memory one for unit tests.
 
 use std::{
     collections::BTreeMap,

@@ -278,7 +278,7 @@ fn map_error(name: &'static str, source: aya::maps::MapError) -> DataplaneError 
     DataplaneError::Map { name, source }
 }
 
-/// Maps an insert error to `MapFull` when the kernel answered E2BIG, which a hash map returns
+/// Maps an insert error to `MapFull` when the kernel returned E2BIG, which a hash map returns
 /// when it has no room for a new key.
 fn insert_error(name: &'static str, capacity: u32, source: aya::maps::MapError) -> DataplaneError {
     if let aya::maps::MapError::SyscallError(syscall) = &source
@@ -411,8 +411,8 @@ impl maps::KernelMaps for Dataplane {
     }
 
     fn set_config(&mut self, config: common::Config) -> Result<(), DataplaneError> {
-        // NOTE: the XDP program may not define CONFIG yet; until it does, the punt interval
-        // and the monitor-all flag are not applied and this write is skipped.
+        // An XDP object without CONFIG takes its built-in punt interval, so the write is
+        // skipped.
         if !self.maps.contains_key(map_names::CONFIG) {
             return Ok(());
         }

@@ -26,7 +26,7 @@ pub const LINK_PIN: &str = "link";
 /// File name of the pinned program.
 pub const PROGRAM_PIN: &str = "program";
 
-/// How the program came to run on the interface.
+/// Attachment of the program to the interface: fresh or adopted, with its ids.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Attachment {
     /// True when a pinned program was reused instead of attaching a new one.
@@ -44,7 +44,7 @@ fn pin_error(path: &Path, source: impl std::fmt::Display) -> DataplaneError {
 }
 
 /// Adopts the program pinned in `folder` when its link exists and runs our entry point
-/// `program_name`; otherwise loads the object, attaches it to `interface` in `mode` and pins
+/// `program_name`. Otherwise loads the object, attaches it to `interface` in `mode` and pins
 /// maps, program and link in `folder`.
 pub fn attach_or_adopt(
     folder: &Path,
@@ -236,9 +236,9 @@ fn upgrade(
     if Some(info.tag()) == pinned_tag {
         return Ok(None);
     }
-    // NOTE: no test covers this path yet, because the tests have only one program build; a
-    // pinned map whose definition changed makes the load above fail, and then the operator
-    // has to run `enforcer detach` before `enforcer run`.
+    // NOTE: no test covers this path yet, because the tests have only one program build. A
+    // pinned map whose definition changed makes the load above fail, so such an upgrade
+    // needs `enforcer detach` before `enforcer run`.
 
     let xdp_link = aya::programs::xdp::XdpLink::try_from(link)
         .map_err(|err| pin_error(&folder.join(LINK_PIN), err))?;

@@ -5,9 +5,10 @@
 //! Order of writes: a change is written to the kernel map first and committed to the store
 //! after. If the kernel write fails, the store transaction is aborted and the kernel entries
 //! written so far are restored, so the store never records a grant the kernel did not
-//! receive. If the daemon dies between the two steps, the kernel holds an entry the store does
-//! not; `reconcile` at the next start removes it, so no uncommitted grant survives a restart
-//! and every committed one is written again.
+//! receive. If the daemon dies between the two steps, the kernel contains an entry the store
+//! does not. `reconcile` at the next start removes it, so no uncommitted grant survives a
+//! restart and every committed one is written again. Until that restart the uncommitted entry
+//! lets its pair pass, for at most the session it was granted.
 
 mod ops;
 mod reconcile;

@@ -40,7 +40,7 @@ pub struct SignInReport {
     pub skipped: Vec<SkippedResource>,
 }
 
-/// Which sessions a revocation removes.
+/// Selection of the sessions a revocation removes.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "by")]
 pub enum RevokeSelector {
@@ -171,7 +171,7 @@ impl<M: KernelMaps> Engine<M> {
     }
 
     /// Grants `device_id` a session to `resource` for `duration`, from now. The policy must
-    /// allow the device's last signed-in user, or its owner when nobody signed in yet.
+    /// allow the device's last signed-in user, or its owner before any sign-in.
     pub fn grant(
         &mut self,
         device_id: u32,
@@ -235,8 +235,8 @@ impl<M: KernelMaps> Engine<M> {
         })
     }
 
-    /// Whether the policy lets `device` reach `resource` without a sign-in of its own: judged
-    /// by the device's last signed-in user, or by its owner when nobody signed in yet.
+    /// Returns whether the policy lets `device` reach `resource`, judged by the device's last
+    /// signed-in user, or by its owner before any sign-in.
     pub(crate) fn device_allowed(
         &self,
         device: &DeviceRecord,

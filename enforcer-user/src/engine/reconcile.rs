@@ -22,7 +22,7 @@ use crate::{
     },
 };
 
-/// What a reconciliation changed in the kernel maps.
+/// Counts of the kernel map entries a reconciliation wrote and removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReconcileReport {
     pub devices_written: usize,

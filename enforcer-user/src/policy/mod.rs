@@ -48,7 +48,7 @@ fn join_errors(errors: &[PolicyError]) -> String {
         .join("\n")
 }
 
-/// What the program does with a packet whose session is missing or expired.
+/// Action on a packet whose session is missing or expired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExpiryAction {
@@ -77,7 +77,7 @@ impl Protocol {
     pub const UDP: u8 = 17;
     pub const SCTP: u8 = 132;
 
-    /// Whether packets of this protocol carry ports the rule can match.
+    /// Returns whether packets of this protocol carry ports a rule can match.
     pub fn has_ports(self) -> bool {
         matches!(self, Protocol::Number(Self::TCP | Self::UDP | Self::SCTP))
     }
@@ -115,7 +115,7 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Whether a packet to `address`, `protocol` and `port` matches this destination.
+    /// Returns whether a packet to `address`, `protocol` and `port` matches this destination.
     pub fn matches(&self, address: IpAddr, protocol: u8, port: Option<u16>) -> bool {
         if !self.prefix.contains(&address) {
             return false;
@@ -140,7 +140,7 @@ pub struct Resource {
     pub destinations: Vec<Destination>,
     #[serde(with = "duration_secs")]
     pub session: Duration,
-    /// User names (email or subject) allowed; empty with empty `groups` allows nobody.
+    /// Users (email or subject) allowed. With `groups` also empty, no user is allowed.
     pub users: Vec<String>,
     /// IdP groups allowed.
     pub groups: Vec<String>,
@@ -160,7 +160,7 @@ pub struct Principal<'a> {
 }
 
 impl Resource {
-    /// Whether the policy lets `principal` reach this resource at all.
+    /// Returns whether the policy lets `principal` reach this resource at all.
     pub fn allows(&self, principal: &Principal<'_>) -> bool {
         let named = self.users.iter().any(|user| {
             user == principal.subject || principal.email.is_some_and(|email| email == user)
@@ -211,7 +211,8 @@ impl Policy {
         self.resources.iter().find(|resource| resource.name == name)
     }
 
-    /// Whether an authentication with these `amr` and `acr` values satisfies step-up MFA.
+    /// Returns whether an authentication with these `amr` and `acr` values satisfies step-up
+    /// MFA.
     pub fn is_multi_factor(&self, amr: &[String], acr: Option<&str>) -> bool {
         amr.iter().any(|method| self.mfa_amr.contains(method))
             || acr.is_some_and(|acr| self.mfa_acr.iter().any(|value| value == acr))

@@ -43,8 +43,9 @@ impl Store {
         txn.commit()
     }
 
-    /// Removes and returns the pending login of `state`, so each state is used at most once.
-    /// Returns `None` when it is unknown, already used or expired at `now_unix_ms`.
+    /// Removes and returns the pending login of `state` in one transaction, so each state is
+    /// used at most once. Returns `None` when it is unknown, already used or expired at
+    /// `now_unix_ms`.
     pub fn take_pending_login(
         &self,
         state: &str,

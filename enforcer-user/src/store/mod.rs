@@ -2,7 +2,7 @@
 //! authentication, committed sessions, pending logins, resource ids and an append-only audit
 //! log. The kernel maps are always derivable from this store plus the policy file.
 //!
-//! Reads go through `Store`; every change goes through a `StoreWrite` transaction, which
+//! Reads go through `Store`. Every change goes through a `StoreWrite` transaction, which
 //! commits all of its changes and its audit entries at once, or none of them.
 
 pub mod devices;
@@ -303,7 +303,8 @@ fn migrate(_txn: &redb::WriteTransaction, found: u64) -> Result<(), StoreError> 
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Serializing plain records with string keys into a Vec cannot fail.
+    // serde_json fails only on non-string map keys or a failing writer, and the records have
+    // neither.
     serde_json::to_vec(value).expect("store records serialize to JSON")
 }
 

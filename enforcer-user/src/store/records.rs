@@ -14,7 +14,7 @@ pub struct UserKey {
     pub subject: String,
 }
 
-/// What the store remembers about a user, refreshed at every sign-in.
+/// A user as the store records it, refreshed at every sign-in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     pub key: UserKey,
@@ -27,7 +27,7 @@ pub struct UserRecord {
     pub last_seen_unix_ms: u64,
 }
 
-/// Where a device's enrollment came from.
+/// Origin of a device's enrollment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EnrollmentSource {
@@ -64,7 +64,7 @@ pub struct AuthRecord {
     pub acr: Option<String>,
 }
 
-/// Why a session exists.
+/// Origin of a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum GrantSource {
@@ -123,7 +123,7 @@ pub struct AuditRecord {
     pub seq: u64,
     pub at_unix_ms: u64,
     pub kind: AuditKind,
-    /// Who acted: `admin:uid=0`, `user:<issuer>#<subject>`, `policy` or `daemon`.
+    /// Actor: `admin:uid=<uid>`, `user:<issuer>#<subject>`, `policy` or `signal:SIGHUP`.
     pub actor: String,
     pub device_id: Option<u32>,
     pub resource_id: Option<u32>,

@@ -150,7 +150,7 @@ listen = "{metrics}"
         fs::write(self.config_path(), config).unwrap();
     }
 
-    /// Starts the daemon in the gateway namespace and waits until its admin API answers.
+    /// Starts the daemon in the gateway namespace and waits until its admin API responds.
     pub fn start(&mut self) {
         assert!(self.daemon.is_none(), "the daemon is already running");
         let child = self.spawn_daemon();
@@ -244,7 +244,7 @@ listen = "{metrics}"
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
-    /// Whether one ping from `source` to the gateway gets a reply within a second.
+    /// Returns whether one ping from `source` to the gateway gets a reply within a second.
     pub fn ping_from(&self, source: &str) -> bool {
         self.client
             .try_exec(&["ping", "-c", "1", "-W", "1", "-I", source, GATEWAY])
