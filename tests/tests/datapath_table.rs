@@ -5,12 +5,13 @@
 use std::net::IpAddr;
 
 use common::{
-    Action, DEVICE_FLAG_MAC_BOUND, DeviceEntry, PROTOCOL_ANY, PrefixRules, RULE_FLAG_ANY_PORT,
-    RULE_FLAG_MONITOR, ResourceRule, SessionKey, SessionValue, counters,
+    Action, CONFIG_FLAG_MONITOR_ALL, Config, DEVICE_FLAG_MAC_BOUND, DeviceEntry, PROTOCOL_ANY,
+    PrefixRules, RULE_FLAG_ANY_PORT, RULE_FLAG_MONITOR, Reason, ResourceRule, SessionKey,
+    SessionValue, counters,
 };
 use enforcer::dataplane::reference::{self, LinkKind, State, Tables, XdpAction};
 use enforcer_tests::{
-    datapath::{TestProgram, boot_ns_now},
+    datapath::{TestProgram, boot_ns_now, drain_punts},
     packets::*,
     require_root,
 };
@@ -924,4 +925,100 @@ fn check_reset_fields(name: &str, segment: &[u8], reset: &[u8], segment_total: u
         assert_eq!(be32(&reset[4..8]), 0, "{name}: RST seq");
         assert_eq!(be32(&reset[8..12]), expected_ack, "{name}: RST ack");
     }
+}
+
+#[test]
+fn punts_rate_limited_per_pair() {
+    require_root();
+    let (mut program, _tables) = setup();
+    let mut punts = program.take_punts().unwrap();
+    // An hour-long interval, so the test does not depend on how fast the runs follow.
+    program
+        .set_config(Config {
+            punt_interval_ns: 3_600_000_000_000,
+            flags: 0,
+        })
+        .unwrap();
+    let denied = eth_v4(CLIENT_MAC, &[], v4_tcp(UNKNOWN_V4, SERVER, 22, TCP_ACK));
+    let other_pair = eth_v4(
+        CLIENT_MAC,
+        &[],
+        Ipv4::new(DEVICE_A, SERVER, IPPROTO_UDP).packet(&udp(5000, 53, b"")),
+    );
+
+    for _ in 0..3 {
+        program.run(LinkKind::Ethernet, &denied).unwrap();
+    }
+    program.run(LinkKind::Ethernet, &other_pair).unwrap();
+    let events = drain_punts(&mut punts);
+    let unknown_device = events
+        .iter()
+        .filter(|event| event.device_id == 0 && event.resource_id == SSH)
+        .count();
+    assert_eq!(
+        unknown_device, 1,
+        "punts for (unknown device, ssh): {events:?}"
+    );
+    let expired = events
+        .iter()
+        .filter(|event| event.device_id == DEVICE_A_ID && event.resource_id == DNS)
+        .count();
+    assert_eq!(expired, 1, "punts for (device A, dns): {events:?}");
+    let event = events
+        .iter()
+        .find(|event| event.resource_id == DNS)
+        .expect("punt for the expired session");
+    assert_eq!(event.reason, Reason::Expired as u8, "punt reason");
+    assert_eq!(event.dst_port, 53, "punt destination port");
+    assert_eq!(event.src_port, 5000, "punt source port");
+    assert_eq!(event.protocol, IPPROTO_UDP, "punt protocol");
+    assert_eq!(event.ip_version, 4, "punt IP version");
+    assert_eq!(event.src[..4], DEVICE_A, "punt source address");
+    assert_eq!(event.dst[..4], SERVER, "punt destination address");
+    let limited = program.counters().unwrap()[counters::PUNT_RATE_LIMITED as usize];
+    assert_eq!(limited, 2, "punt_rate_limited counter");
+
+    // A 1 ns interval lets every deny through.
+    program
+        .set_config(Config {
+            punt_interval_ns: 1,
+            flags: 0,
+        })
+        .unwrap();
+    for _ in 0..3 {
+        program.run(LinkKind::Ethernet, &denied).unwrap();
+    }
+    let events = drain_punts(&mut punts);
+    assert_eq!(events.len(), 3, "punts with a 1 ns interval: {events:?}");
+}
+
+#[test]
+fn monitor_all_passes_and_punts() {
+    require_root();
+    let (mut program, _tables) = setup();
+    let mut punts = program.take_punts().unwrap();
+    program
+        .set_config(Config {
+            punt_interval_ns: 0,
+            flags: CONFIG_FLAG_MONITOR_ALL,
+        })
+        .unwrap();
+    let denied = eth_v4(CLIENT_MAC, &[], v4_tcp(UNKNOWN_V4, SERVER, 22, TCP_SYN));
+    let result = program.run(LinkKind::Ethernet, &denied).unwrap();
+    assert_eq!(result.action, XdpAction::Pass.code(), "XDP action");
+    assert_eq!(result.output, denied, "frame left untouched");
+    let malformed = truncate(ssh_from_a(), 14 + 19);
+    let result = program.run(LinkKind::Ethernet, &malformed).unwrap();
+    assert_eq!(
+        result.action,
+        XdpAction::Drop.code(),
+        "malformed still dropped"
+    );
+    let events = drain_punts(&mut punts);
+    let monitor_event = events
+        .iter()
+        .find(|event| event.resource_id == SSH)
+        .expect("punt for the monitored deny");
+    assert_eq!(monitor_event.monitor, 1, "monitor flag");
+    assert_eq!(monitor_event.reason, Reason::UnknownDevice as u8, "reason");
 }
