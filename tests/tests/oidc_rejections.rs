@@ -391,3 +391,40 @@ async fn provider_issuer_trailing_slash_rejected() {
     );
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
 }
+
+#[tokio::test]
+async fn callback_issuer_mismatch_rejected() {
+    let env = hostile_env().await;
+    let request = env
+        .idp
+        .begin_login(&env.pending, DEVICE, LoginOptions::default())
+        .expect("begin");
+    let mut params = authorize(&env, request.url.as_str(), "mallory").await;
+    // RFC 9207: a response naming another issuer came from a mixed-up or hostile IdP.
+    params.iss = Some(format!("{}/", env._server.issuer));
+    let result = env.idp.complete_login(&env.pending, DEVICE, &params).await;
+    assert!(
+        matches!(result, Err(IdpError::CallbackIssuerMismatch { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn callback_error_rejected() {
+    let env = hostile_env().await;
+    let request = env
+        .idp
+        .begin_login(&env.pending, DEVICE, LoginOptions::default())
+        .expect("begin");
+    let params = CallbackParams {
+        state: Some(request.state.clone()),
+        error: Some("access_denied".into()),
+        error_description: Some("the user cancelled".into()),
+        ..CallbackParams::default()
+    };
+    let result = env.idp.complete_login(&env.pending, DEVICE, &params).await;
+    assert!(
+        matches!(&result, Err(IdpError::AuthorizationDenied { error, .. }) if error == "access_denied"),
+        "{result:?}"
+    );
+}
