@@ -1,7 +1,8 @@
 // OpenID provider for enforcer's tests, built on the certified `oidc-provider` package.
 //
 // Usage: node provider.mjs CONFIG.json
-// It listens on IDP_HOST (default 127.0.0.1) on a random port and prints one JSON line to stdout,
+// It listens on IDP_HOST (default 127.0.0.1) and IDP_PORT (default 0, a random port) and
+// prints one JSON line to stdout,
 // {"issuer": "...", "port": N}, once it accepts connections. CONFIG.json holds:
 //   clients:  oidc-provider client metadata (client_id, client_secret, redirect_uris, ...)
 //   accounts: { "<login>": { password, otp?, email, groups: [...] } }
@@ -106,7 +107,7 @@ async function handleInteraction(provider, req, res, uid, action) {
 
 const server = createServer();
 const host = process.env.IDP_HOST ?? '127.0.0.1';
-server.listen(0, host, () => {
+server.listen(Number(process.env.IDP_PORT ?? 0), host, () => {
   const { port } = server.address();
   const issuer = `http://${host}:${port}`;
   const provider = new Provider(issuer, {

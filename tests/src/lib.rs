@@ -175,7 +175,8 @@ impl Drop for NetnsEntered {
     }
 }
 
-fn setns(namespace: &File) -> anyhow::Result<()> {
+/// Moves the calling thread into the network namespace opened as `namespace`.
+pub fn setns(namespace: &File) -> anyhow::Result<()> {
     // SAFETY: the descriptor is a valid, open namespace file for the duration of the call.
     let result = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
     if result != 0 {

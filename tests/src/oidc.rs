@@ -64,7 +64,7 @@ pub struct NodeServer {
 }
 
 impl NodeServer {
-    fn start(script: &str, config: Option<&Value>, host: &str) -> anyhow::Result<Self> {
+    fn start(script: &str, config: Option<&Value>, host: &str, port: u16) -> anyhow::Result<Self> {
         let dir = TempDir::new("idp")?;
         let dir_path = idp_dir();
         if !dir_path.join("node_modules").is_dir() {
@@ -82,6 +82,7 @@ impl NodeServer {
         }
         let mut child = command
             .env("IDP_HOST", host)
+            .env("IDP_PORT", port.to_string())
             .current_dir(&dir_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -121,12 +122,16 @@ impl Drop for NodeServer {
 /// `redirect_uris`, and the accounts alice (groups eng), bob (groups ops) and carol (no
 /// groups), all with `PASSWORD` and `OTP`.
 pub fn start_provider(redirect_uris: &[String]) -> anyhow::Result<NodeServer> {
-    start_provider_on("127.0.0.1", redirect_uris)
+    start_provider_on("127.0.0.1", 0, redirect_uris)
 }
 
 /// Starts the test IdP listening on `host`, an address of the calling thread's network
-/// namespace.
-pub fn start_provider_on(host: &str, redirect_uris: &[String]) -> anyhow::Result<NodeServer> {
+/// namespace, and `port` (0 for a random one).
+pub fn start_provider_on(
+    host: &str,
+    port: u16,
+    redirect_uris: &[String],
+) -> anyhow::Result<NodeServer> {
     let account = |name: &str, groups: &[&str]| {
         json!({
             "password": PASSWORD,
@@ -150,12 +155,12 @@ pub fn start_provider_on(host: &str, redirect_uris: &[String]) -> anyhow::Result
             "carol": account("carol", &[]),
         },
     });
-    NodeServer::start("provider.mjs", Some(&config), host)
+    NodeServer::start("provider.mjs", Some(&config), host, port)
 }
 
 /// Starts the hostile signer; select its defect with `set_hostile_mode`.
 pub fn start_hostile() -> anyhow::Result<NodeServer> {
-    NodeServer::start("hostile.mjs", None, "127.0.0.1")
+    NodeServer::start("hostile.mjs", None, "127.0.0.1", 0)
 }
 
 pub async fn set_hostile_mode(server: &NodeServer, mode: &str) -> anyhow::Result<()> {

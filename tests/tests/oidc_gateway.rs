@@ -23,7 +23,7 @@ async fn sign_in_opens_protected_resource() {
             .gateway
             .enter()
             .expect("enter the gateway namespace");
-        oidc::start_provider_on("192.0.2.1", std::slice::from_ref(&redirect))
+        oidc::start_provider_on("192.0.2.1", 0, std::slice::from_ref(&redirect))
             .expect("start the test IdP")
     };
     let secret_path = gateway.dir.path().join("client-secret");
