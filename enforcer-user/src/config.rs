@@ -162,6 +162,12 @@ impl Config {
                 *relative = base.join(&*relative);
             }
         }
+        // The `[idp]` table stays opaque, but its secret file is a path like the others.
+        if let Some(toml::Value::String(secret)) = config.idp.get_mut("client_secret_file") {
+            if Path::new(secret.as_str()).is_relative() {
+                *secret = base.join(&*secret).to_string_lossy().into_owned();
+            }
+        }
         Ok(config)
     }
 
@@ -214,6 +220,23 @@ listen = "127.0.0.1:8443"
         let err = Config::parse(&text).unwrap_err();
         assert!(err.contains("line 9"), "{err}");
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn load_resolves_relative_secret_file() {
+        let dir = std::env::temp_dir().join(format!("enforcer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("enforcer.toml");
+        let text = format!("{MINIMAL}\n[idp]\nclient_secret_file = \"secret\"\n");
+        std::fs::write(&path, text).unwrap();
+
+        let config = Config::load(&path).unwrap();
+        let secret = config
+            .idp
+            .get("client_secret_file")
+            .and_then(|value| value.as_str());
+        assert_eq!(secret, Some(dir.join("secret").to_str().unwrap()));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use aya::programs::XdpMode;
+use enforcer::dataplane::Dataplane;
 
 use crate::{
     Netns, address,
@@ -137,10 +139,14 @@ impl Topology {
     }
 
     /// Starts an HTTP server and TCP and UDP echo services on every resource host. `lab_binary`
-    /// is the `enforcer-lab` binary, whose `echo` subcommand serves the echo ports.
-    pub fn start_services(&mut self, lab_binary: &Path, web_root: &Path) -> anyhow::Result<()> {
+    /// is the `enforcer-lab` binary, whose `echo` subcommand serves the echo ports. Each
+    /// service logs to `<state_dir>/services/`, so tests can see what reached the resource.
+    pub fn start_services(&mut self, lab_binary: &Path, state_dir: &Path) -> anyhow::Result<()> {
+        let logs = state_dir.join("services");
+        std::fs::create_dir_all(&logs)
+            .with_context(|| format!("failed to create {}", logs.display()))?;
         for host in &RESOURCE_HOSTS {
-            let folder = web_root.join(host.name);
+            let folder = state_dir.join("web").join(host.name);
             std::fs::create_dir_all(&folder)
                 .with_context(|| format!("failed to create {}", folder.display()))?;
             let page = format!("resource {} reached\n", host.name);
@@ -150,23 +156,33 @@ impl Topology {
             for bind in [host.v4, host.v6] {
                 let folder = folder.to_string_lossy().into_owned();
                 let port = HTTP_PORT.to_string();
-                self.resource.spawn(&[
-                    "python3",
-                    "-m",
-                    "http.server",
-                    "--bind",
-                    bind,
-                    "--directory",
-                    &folder,
-                    &port,
-                ])?;
+                self.resource.spawn_logged(
+                    &[
+                        "python3",
+                        "-m",
+                        "http.server",
+                        "--bind",
+                        bind,
+                        "--directory",
+                        &folder,
+                        &port,
+                    ],
+                    &logs.join(format!("http-{bind}.log")),
+                )?;
                 let echo = format!("{}", SocketText(bind, ECHO_PORT));
-                self.resource
-                    .spawn(&[&lab_binary.to_string_lossy(), "echo", "--listen", &echo])?;
+                self.resource.spawn_logged(
+                    &[&lab_binary.to_string_lossy(), "echo", "--listen", &echo],
+                    &echo_log(state_dir, bind),
+                )?;
             }
         }
         Ok(())
     }
+}
+
+/// Log of the echo service on `bind`: one line per TCP connection, TCP read and UDP datagram.
+pub fn echo_log(state_dir: &Path, bind: &str) -> PathBuf {
+    state_dir.join("services").join(format!("echo-{bind}.log"))
 }
 
 /// Formats an address and port as `addr:port`, bracketing IPv6.
@@ -200,6 +216,10 @@ pub struct LabOptions {
     pub enforcer: PathBuf,
     /// The `enforcer-lab` binary, which serves the echo ports.
     pub lab_binary: PathBuf,
+    /// URL, as the gateway namespace reaches it, that receives the responder's webhook.
+    pub webhook_url: Option<String>,
+    /// Minimum time between two notifications for one device; the daemon's default if `None`.
+    pub notify_interval_secs: Option<u64>,
 }
 
 /// A running lab: namespaces, services, the identity provider and `enforcer run` on the
@@ -208,6 +228,8 @@ pub struct Lab {
     pub topology: Topology,
     pub idp: NodeServer,
     daemon: Option<Child>,
+    /// Pass-everything XDP program on the client's veth; see `Lab::start`.
+    _client_xdp: Dataplane,
     pub options: LabOptions,
 }
 
@@ -221,7 +243,7 @@ impl Lab {
             .with_context(|| format!("failed to create {}", options.state_dir.display()))?;
 
         let mut topology = Topology::build(&options.prefix)?;
-        topology.start_services(&options.lab_binary, &options.state_dir.join("web"))?;
+        topology.start_services(&options.lab_binary, &options.state_dir)?;
 
         let idp = {
             // The provider must listen in the gateway namespace, where the client reaches it.
@@ -229,10 +251,22 @@ impl Lab {
             start_provider_on(GATEWAY_V4, IDP_PORT, &[portal_url("/callback")])?
         };
 
+        // A native XDP_TX on a veth (the gateway's resets and ICMP errors) reaches the peer
+        // only when the peer runs native XDP too. The enforcer program with empty maps passes
+        // every packet, so it provides that on the client's side without changing traffic.
+        let mut client_xdp = Dataplane::load().context("failed to load the client's XDP")?;
+        {
+            let _inside = topology.client.enter()?;
+            client_xdp
+                .attach(CLIENT_IF, XdpMode::Driver)
+                .context("failed to attach XDP to the client's veth")?;
+        }
+
         let mut lab = Self {
             topology,
             idp,
             daemon: None,
+            _client_xdp: client_xdp,
             options,
         };
         lab.write_config()?;
@@ -291,10 +325,23 @@ client_secret_file = "client-secret"
 redirect_url = "{redirect}"
 scopes = ["openid", "email", "groups"]
 mfa_acr_values = ["{ACR_MFA}"]
-"#,
+
+[responder]
+portal_url = "{portal}"
+{notify}
+{webhook}"#,
             pin_root = self.options.pin_root.display(),
             issuer = self.idp.issuer,
             redirect = portal_url("/callback"),
+            portal = portal_url("/"),
+            notify = match self.options.notify_interval_secs {
+                Some(secs) => format!("notify_interval_secs = {secs}"),
+                None => String::new(),
+            },
+            webhook = match &self.options.webhook_url {
+                Some(url) => format!("\n[responder.webhook]\nurl = \"{url}\"\n"),
+                None => String::new(),
+            },
         );
         std::fs::write(self.config_path(), config).context("failed to write the lab config")
     }
@@ -331,8 +378,8 @@ mfa_acr_values = ["{ACR_MFA}"]
                 .and_then(|child| child.try_wait().ok().flatten())
             {
                 bail!(
-                    "enforcer run exited with {status}; see {}",
-                    self.daemon_log().display()
+                    "enforcer run exited with {status}; its log ends with:\n{}",
+                    self.daemon_log_tail()
                 );
             }
             if self
@@ -344,10 +391,17 @@ mfa_acr_values = ["{ACR_MFA}"]
             std::thread::sleep(Duration::from_millis(200));
         }
         bail!(
-            "enforcer run did not answer on {} within 30 s; see {}",
+            "enforcer run did not answer on {} within 30 s; its log ends with:\n{}",
             self.socket().display(),
-            self.daemon_log().display()
+            self.daemon_log_tail()
         )
+    }
+
+    /// Returns the last 30 lines of the daemon log, for error messages.
+    pub fn daemon_log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.daemon_log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// Stops the daemon with `signal` and waits for it; the pinned program keeps enforcing.

@@ -117,6 +117,26 @@ impl Netns {
         Ok(self.children.last_mut().expect("a child was just pushed"))
     }
 
+    /// Starts a long-running command inside the namespace with stdout and stderr appended to
+    /// `log`; it is killed when `self` drops.
+    pub fn spawn_logged(&mut self, command: &[&str], log: &std::path::Path) -> anyhow::Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("failed to open {}", log.display()))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("failed to spawn {command:?} in {}", self.name))?;
+        self.children.push(child);
+        Ok(())
+    }
+
     /// Moves the calling thread into the namespace until the returned guard drops, so that
     /// interface names resolve there (for example when attaching XDP).
     pub fn enter(&self) -> anyhow::Result<NetnsEntered> {

@@ -28,8 +28,8 @@ fn lab_topology_forwards_http_tcp_and_udp() {
     require_root();
     let prefix = format!("enft-lab{}-", std::process::id());
     let mut lab = Topology::build(&prefix).unwrap();
-    let web_root = std::env::temp_dir().join(format!("{prefix}web"));
-    lab.start_services(&lab_binary(), &web_root).unwrap();
+    let state_dir = std::env::temp_dir().join(format!("{prefix}state"));
+    lab.start_services(&lab_binary(), &state_dir).unwrap();
 
     for host in &RESOURCE_HOSTS {
         for address in [host.v4.to_owned(), format!("[{}]", host.v6)] {
@@ -75,5 +75,5 @@ fn lab_topology_forwards_http_tcp_and_udp() {
             host.v4
         );
     }
-    let _ = std::fs::remove_dir_all(web_root);
+    let _ = std::fs::remove_dir_all(state_dir);
 }

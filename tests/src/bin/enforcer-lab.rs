@@ -103,6 +103,8 @@ async fn up(policy: PathBuf) -> anyhow::Result<()> {
         policy,
         enforcer: sibling_binary("enforcer")?,
         lab_binary: std::env::current_exe().context("failed to find the enforcer-lab binary")?,
+        webhook_url: None,
+        notify_interval_secs: None,
     };
     down();
     let lab = tokio::task::spawn_blocking(move || Lab::start(options))
@@ -185,6 +187,15 @@ async fn signin(login: String, otp: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes one line of the echo log to stdout and flushes it at once, because stdout is a
+/// file here and Rust buffers it.
+fn echo_log(line: String) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
 async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
     let tcp = TcpListener::bind(listen)
         .await
@@ -199,27 +210,35 @@ async fn echo(listen: SocketAddr) -> anyhow::Result<()> {
             let Ok((length, peer)) = udp.recv_from(&mut buffer).await else {
                 continue;
             };
+            echo_log(format!("udp {peer} {length} bytes"));
             let _ = udp.send_to(&buffer[..length], peer).await;
         }
     });
 
     loop {
-        let (mut stream, _) = tcp
+        let (mut stream, peer) = tcp
             .accept()
             .await
             .context("failed to accept a TCP connection")?;
+        echo_log(format!("tcp {peer} connected"));
         tokio::spawn(async move {
             let mut buffer = vec![0u8; 16384];
             loop {
                 match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => break,
+                    Err(err) => {
+                        echo_log(format!("tcp {peer} failed: {err}"));
+                        break;
+                    }
                     Ok(length) => {
+                        echo_log(format!("tcp {peer} {length} bytes"));
                         if stream.write_all(&buffer[..length]).await.is_err() {
                             break;
                         }
                     }
                 }
             }
+            echo_log(format!("tcp {peer} closed"));
         });
         if udp_task.is_finished() {
             anyhow::bail!("the UDP echo task stopped");
