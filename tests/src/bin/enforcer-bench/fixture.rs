@@ -200,6 +200,11 @@ pub struct EnforcerFixture {
 impl EnforcerFixture {
     /// Loads the enforcer with map sizes for `plan` and fills the maps.
     pub fn load(plan: Plan) -> anyhow::Result<Self> {
+        Self::load_with_punt_interval(plan, PUNT_INTERVAL)
+    }
+
+    /// Loads the enforcer as `load` does, with `punt_interval` between two punts of a pair.
+    pub fn load_with_punt_interval(plan: Plan, punt_interval: Duration) -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::SESSIONS, plan.sessions as u32)
             .map_max_entries(map_names::PREFIXES_V4, plan.prefixes as u32)
@@ -211,7 +216,7 @@ impl EnforcerFixture {
         let now = boot_time_ns()?;
         fill_devices(&mut ebpf)?;
         fill_prefixes(&mut ebpf, &plan)?;
-        set_config(&mut ebpf)?;
+        set_config(&mut ebpf, punt_interval)?;
         let (keys, values) = session_entries(&plan, now);
         let started = Instant::now();
         let batched = write_hash(&mut ebpf, map_names::SESSIONS, &keys, &values)?;
@@ -410,13 +415,13 @@ fn fill_prefixes(ebpf: &mut Ebpf, plan: &Plan) -> anyhow::Result<()> {
 }
 
 /// Sets the punt interval when the object has a `CONFIG` map.
-fn set_config(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+fn set_config(ebpf: &mut Ebpf, punt_interval: Duration) -> anyhow::Result<()> {
     if ebpf.map(map_names::CONFIG).is_none() {
         return Ok(());
     }
     let mut config: Array<&mut MapData, Config> = map_mut(ebpf, map_names::CONFIG)?;
     let value = Config {
-        punt_interval_ns: PUNT_INTERVAL.as_nanos() as u64,
+        punt_interval_ns: punt_interval.as_nanos() as u64,
         flags: 0,
     };
     config

@@ -10,6 +10,7 @@ mod measure;
 mod nft;
 mod packets;
 mod report;
+mod storm;
 mod variants;
 
 use std::{path::PathBuf, time::Duration};
@@ -46,6 +47,9 @@ struct Options {
     /// Resource prefix counts per address family, comma separated.
     #[arg(long, value_delimiter = ',')]
     prefixes: Option<Vec<usize>>,
+    /// Allowed packets per punt-storm measurement, each followed by one other packet.
+    #[arg(long)]
+    storm_passes: Option<usize>,
     /// Packets per live-frames measurement (the nftables comparison).
     #[arg(long)]
     live_repeat: Option<u32>,
@@ -70,6 +74,7 @@ pub struct Settings {
     pub cold_passes: usize,
     pub sessions: Vec<usize>,
     pub prefixes: Vec<usize>,
+    pub storm_passes: usize,
     pub live_repeat: u32,
     pub nft: bool,
     pub command: String,
@@ -99,6 +104,7 @@ impl Options {
             cold_passes: self.cold_passes.unwrap_or(pick(4, 1)),
             sessions,
             prefixes,
+            storm_passes: self.storm_passes.unwrap_or(pick(20_000, 500)),
             live_repeat: self.live_repeat.unwrap_or(pick(200_000, 5_000) as u32),
             nft: !self.no_nft,
             command: self.command,
@@ -146,6 +152,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     let layout = variants::add_data_path(&mut bench, &settings)?;
+    let default_plan = bench.enforcers[layout.default_enforcer].plan;
+    let storm = storm::add_storm(&mut bench, &settings, default_plan)?;
     let nft = if settings.nft {
         Some(nft::add_comparison(
             &mut bench,
@@ -162,6 +170,14 @@ fn main() -> anyhow::Result<()> {
     }
     bench.run_rounds(settings.rounds)?;
     let map_figures = measure_map_figures(&mut bench, &layout)?;
+    let storm = match storm {
+        Some(storm) => {
+            let variants = (storm.calm, storm.storm);
+            let rate = storm::measure_punt_rate(&bench, storm, settings.repeat)?;
+            Some((variants, rate))
+        }
+        None => None,
+    };
 
     let results = report::Results {
         settings: &settings,
@@ -169,6 +185,7 @@ fn main() -> anyhow::Result<()> {
         layout: &layout,
         nft: nft.as_ref(),
         map_figures: &map_figures,
+        storm: storm.as_ref(),
     };
     print!("{}", report::text(&results));
     if let Some(page) = page {

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Destination MAC of frames that never enter a network stack.
-const REPEAT_MODE_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+pub const REPEAT_MODE_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 
 /// Packet shapes measured for every verdict case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
