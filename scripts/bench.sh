@@ -4,7 +4,7 @@
 # Usage: scripts/bench.sh [--quick] [enforcer-bench options]
 # Without --page the full run writes docs/benchmarks.md and docs/benchmarks/*.svg, and a
 # --quick smoke run writes target/bench-quick/benchmarks.md instead, so it never replaces the
-# committed page. `target/debug/enforcer-bench --help` lists every option.
+# committed page. `target/release/enforcer-bench --help` lists every option.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,10 +20,12 @@ for arg in "$@"; do
     esac
 done
 
-cargo build --quiet -p enforcer-tests --bin enforcer-bench
+# Release build: the control-plane figures time the daemon and its redb store, whose speed
+# depends on the optimisation level. The data-path figures come from the kernel either way.
+cargo build --quiet --release -p enforcer-tests --bin enforcer-bench --bin enforcer-under-test
 page_args=()
 if [[ -n $page ]]; then
     mkdir -p "$(dirname "$page")"
     page_args=(--page "$page")
 fi
-exec target/debug/enforcer-bench --command "cargo xtask bench${*:+ $*}" "${page_args[@]}" "$@"
+exec target/release/enforcer-bench --command "cargo xtask bench${*:+ $*}" "${page_args[@]}" "$@"

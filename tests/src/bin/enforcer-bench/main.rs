@@ -5,6 +5,7 @@
 //! of the shared machine hits every variant alike; the page reports medians over rounds and
 //! differences to a floor measured in the same round.
 
+mod control;
 mod fixture;
 mod measure;
 mod nft;
@@ -56,6 +57,22 @@ struct Options {
     /// Skip the nftables comparison.
     #[arg(long)]
     no_nft: bool,
+    /// Devices of the control-plane run; it stores a session for every device and resource.
+    #[arg(long)]
+    cp_devices: Option<usize>,
+    /// Resources of the control-plane run.
+    #[arg(long)]
+    cp_resources: Option<usize>,
+    /// Admin grants measured one at a time, and again over concurrent clients.
+    #[arg(long)]
+    cp_grants: Option<usize>,
+    /// Skip the control-plane run with the daemon.
+    #[arg(long)]
+    no_control: bool,
+    /// The `enforcer` binary the control-plane run starts; defaults to `enforcer-under-test`
+    /// beside this binary.
+    #[arg(long)]
+    enforcer: Option<PathBuf>,
     /// Markdown page to write; plots go to a `benchmarks` folder beside it.
     #[arg(long)]
     page: Option<PathBuf>,
@@ -77,6 +94,8 @@ pub struct Settings {
     pub storm_passes: usize,
     pub live_repeat: u32,
     pub nft: bool,
+    pub control: Option<control::ControlPlan>,
+    pub enforcer: PathBuf,
     pub command: String,
 }
 
@@ -107,9 +126,27 @@ impl Options {
             storm_passes: self.storm_passes.unwrap_or(pick(20_000, 500)),
             live_repeat: self.live_repeat.unwrap_or(pick(200_000, 5_000) as u32),
             nft: !self.no_nft,
+            control: (!self.no_control).then(|| control::ControlPlan {
+                devices: self.cp_devices.unwrap_or(pick(1000, 20)),
+                resources: self.cp_resources.unwrap_or(pick(1000, 20)),
+                grants: self.cp_grants.unwrap_or(pick(1000, 20)),
+            }),
+            enforcer: match self.enforcer {
+                Some(path) => path,
+                None => default_enforcer()?,
+            },
             command: self.command,
         })
     }
+}
+
+/// Returns `enforcer-under-test` in the folder of this binary, where cargo builds it.
+fn default_enforcer() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("failed to find the path of enforcer-bench")?;
+    let folder = exe
+        .parent()
+        .context("enforcer-bench has no parent folder")?;
+    Ok(folder.join("enforcer-under-test"))
 }
 
 /// Map-level control-plane figures: the kernel side of grants, reconcile and revocation.
@@ -179,6 +216,11 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    let control = match settings.control {
+        Some(plan) => Some(control::measure(&settings.enforcer, plan)?),
+        None => None,
+    };
+
     let results = report::Results {
         settings: &settings,
         bench: &bench,
@@ -186,6 +228,7 @@ fn main() -> anyhow::Result<()> {
         nft: nft.as_ref(),
         map_figures: &map_figures,
         storm: storm.as_ref(),
+        control: control.as_ref(),
     };
     print!("{}", report::text(&results));
     if let Some(page) = page {
