@@ -13,7 +13,7 @@ use anyhow::{Context as _, anyhow};
 const EBPF_TOOLCHAIN: &str = "/usr";
 
 /// Objects that user space embeds, one per bin of `enforcer-ebpf`.
-const OBJECTS: &[&str] = &["enforcer", "bench-floor", "bench-clock"];
+const OBJECTS: &[&str] = &["enforcer", "bench-floor", "bench-clock", "bench-parse"];
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);

@@ -278,7 +278,7 @@ impl EnforcerFixture {
     }
 }
 
-/// A single-program benchmark object: the floor or the clock probe.
+/// A single-program benchmark object: the floor, the clock probe or the parser alone.
 pub struct ProbeFixture {
     pub ebpf: Ebpf,
     program: &'static str,
@@ -293,6 +293,11 @@ impl ProbeFixture {
     /// Loads the clock probe, the program that reads the boot clock once and passes the frame.
     pub fn clock() -> anyhow::Result<Self> {
         Self::load(bench_objects::clock_object()?, bench_objects::CLOCK_PROGRAM)
+    }
+
+    /// Loads the parser alone, the program that parses as the enforcer does and looks up no map.
+    pub fn parse() -> anyhow::Result<Self> {
+        Self::load(bench_objects::parse_object()?, bench_objects::PARSE_PROGRAM)
     }
 
     fn load(object: &[u8], program: &'static str) -> anyhow::Result<Self> {

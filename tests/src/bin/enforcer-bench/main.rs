@@ -170,6 +170,7 @@ fn main() -> anyhow::Result<()> {
     let mut bench = Bench {
         floor: ProbeFixture::floor()?,
         clock: ProbeFixture::clock()?,
+        parse: ProbeFixture::parse()?,
         enforcers: Vec::new(),
         namespaces: Vec::new(),
         variants: Vec::new(),

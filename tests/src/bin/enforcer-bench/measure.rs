@@ -24,6 +24,7 @@ const LIVE_BATCH: u32 = 64;
 pub enum ProgramRef {
     Floor,
     Clock,
+    Parse,
     Enforcer(usize),
 }
 
@@ -77,6 +78,7 @@ pub struct Variant {
 pub struct Bench {
     pub floor: ProbeFixture,
     pub clock: ProbeFixture,
+    pub parse: ProbeFixture,
     pub enforcers: Vec<EnforcerFixture>,
     pub namespaces: Vec<Netns>,
     pub variants: Vec<Variant>,
@@ -118,6 +120,7 @@ impl Bench {
         match program {
             ProgramRef::Floor => self.floor.program(),
             ProgramRef::Clock => self.clock.program(),
+            ProgramRef::Parse => self.parse.program(),
             ProgramRef::Enforcer(index) => self.enforcers[index].program(),
         }
     }

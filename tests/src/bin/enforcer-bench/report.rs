@@ -551,6 +551,7 @@ pub fn write_page(results: &Results, page: &Path) -> anyhow::Result<()> {
     let layout = results.layout;
 
     let case_plot: Vec<usize> = std::iter::once(layout.clock)
+        .chain(layout.parse.iter().copied())
         .chain(layout.cases.iter().map(|(_, _, index)| *index))
         .collect();
     let scale_plot: Vec<usize> = layout
@@ -929,7 +930,6 @@ the store, the policy or the admin API.
 - The time from the identity provider's callback to the first passing packet: it needs the
   portal's sign-in flow with the test identity provider and a browser, which the harness does
   not drive yet.
-- A parse-only variant, which needs the XDP program's parser as a reusable module.
 - Line-rate figures: this kernel has no pktgen. `scripts/pktgen.sh` drives Linux pktgen on a
   real host and reports Mpps per verdict from the enforcer's counters.
 ";

@@ -144,6 +144,8 @@ pub struct Layout {
     pub floor_cold: usize,
     /// The clock probe, hot, over the IPv4 floor.
     pub clock: usize,
+    /// The parser alone per shape, hot.
+    pub parse: Vec<usize>,
     /// (case, shape, variant) at the default fixture, hot.
     pub cases: Vec<(Case, Shape, usize)>,
     /// (fixture, hot variant, cold variant) of the live session hit on IPv4.
@@ -223,6 +225,25 @@ pub fn add_data_path(bench: &mut Bench, settings: &Settings) -> anyhow::Result<L
         invalid: None,
     });
 
+    let mut parse = Vec::new();
+    for shape in Shape::ALL {
+        parse.push(bench.push(Variant {
+            group: "parse",
+            name: format!("parse only (bench_parse), {}", shape.label()),
+            program: ProgramRef::Parse,
+            frames: vec![case_frame(Case::Hit, shape, REPEAT_MODE_MAC)],
+            mode: hot,
+            live: None,
+            expect: Expect {
+                action: XDP_PASS,
+                counter: None,
+            },
+            floor: floor_of(shape),
+            samples: Vec::new(),
+            invalid: None,
+        }));
+    }
+
     let mut scale = Vec::new();
     for fixture_index in 0..bench.enforcers.len() {
         let plan = bench.enforcers[fixture_index].plan;
@@ -288,6 +309,7 @@ pub fn add_data_path(bench: &mut Bench, settings: &Settings) -> anyhow::Result<L
         floors,
         floor_cold,
         clock,
+        parse,
         cases,
         scale,
     })
