@@ -39,7 +39,7 @@ const OWNER: &str = "bench@example.com";
 const FRESH_RESOURCE: &str = "fresh";
 /// Parallel admin clients of the concurrent grant measurement.
 const CONCURRENT_CLIENTS: usize = 8;
-/// Maximum time the daemon may take to answer after it starts.
+/// Maximum time from starting the daemon to its first reply on the admin socket.
 const START_TIMEOUT: Duration = Duration::from_secs(300);
 /// Maximum packets sent after a revocation while waiting for the first denied one.
 const MAX_PACKETS_AFTER_REVOKE: usize = 100_000;
@@ -59,7 +59,7 @@ pub struct ControlFigures {
     pub sessions: usize,
     /// Time to write the stored sessions with the store API, in one transaction.
     pub store_write: Duration,
-    /// From spawning `enforcer run` to its first answer on the admin socket.
+    /// From spawning `enforcer run` to its first reply on the admin socket.
     pub start_to_ready: Duration,
     /// Between the daemon's "attached" and "reconciled kernel maps" log lines.
     pub reconcile: Option<Duration>,
@@ -442,7 +442,7 @@ impl Daemon {
         })
     }
 
-    /// Polls the admin socket until the daemon answers and returns the time since spawning.
+    /// Polls the admin socket until the daemon replies and returns the time since spawning.
     fn wait_ready(&mut self, lab: &Lab) -> anyhow::Result<Duration> {
         let socket = lab.socket_path();
         while self.started.elapsed() < START_TIMEOUT {
@@ -453,14 +453,14 @@ impl Daemon {
                 && let Some(status) = child.try_wait()?
             {
                 bail!(
-                    "the daemon exited with {status} before it was ready:\n{}",
+                    "the daemon exited with {status} before it replied:\n{}",
                     lab.log()
                 );
             }
             thread::sleep(Duration::from_millis(5));
         }
         bail!(
-            "the daemon did not answer within {} s:\n{}",
+            "the daemon did not reply within {} s:\n{}",
             START_TIMEOUT.as_secs(),
             lab.log()
         )

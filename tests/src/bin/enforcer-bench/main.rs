@@ -2,7 +2,7 @@
 //! writes the benchmark page.
 //!
 //! Every variant runs once per round and the rounds interleave all variants, so a slow moment
-//! of the shared machine hits every variant alike; the page reports medians over rounds and
+//! of the shared machine hits every variant alike. The page reports medians over rounds and
 //! differences to a floor measured in the same round.
 
 mod control;

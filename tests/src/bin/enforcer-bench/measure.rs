@@ -139,6 +139,7 @@ impl Bench {
         let variant = &self.variants[index];
         let before = self.counters(variant.program)?;
         let xdp = self.xdp(variant.program)?;
+
         // Alternate mode times only its first frame, so only that one has an expected verdict.
         let checked = match variant.mode {
             Mode::Alternate { .. } => &variant.frames[..1],

@@ -310,7 +310,7 @@ fn control_table(control: &ControlFigures) -> String {
             format!("{:.3} s", control.store_write.as_secs_f64()),
         ],
         vec![
-            "`enforcer run` from spawn to its first admin answer".to_owned(),
+            "`enforcer run` from spawn to its first admin reply".to_owned(),
             format!("{:.3} s", control.start_to_ready.as_secs_f64()),
         ],
         vec![
@@ -750,6 +750,18 @@ fn breakdown(results: &Results) -> String {
         "- parsing and the prefix lookup, as for an unprotected destination: {} ns",
         format_ns(unprotected)
     );
+    let parse = results
+        .layout
+        .parse
+        .first()
+        .and_then(|&index| cost(bench, index));
+    if let Some(parse) = parse {
+        let _ = writeln!(
+            text,
+            "  (the whole parser alone, the `bench_parse` probe, costs {} ns)",
+            format_ns(parse)
+        );
+    }
     let _ = writeln!(
         text,
         "- the device lookup, unknown device minus unprotected: {} ns",

@@ -116,7 +116,7 @@ pub fn case_frame(case: Case, shape: Shape, dst_mac: [u8; 6]) -> Vec<u8> {
     .frame()
 }
 
-/// The cold set of `plan`: `flows` IPv4 frames, each of a different TCP flow, cycling through
+/// Builds the cold set of `plan`: `flows` IPv4 frames, each of a different TCP flow, cycling through
 /// the plan's live probe sessions.
 fn cold_frames(plan: &fixture::Plan, flows: usize) -> Vec<Vec<u8>> {
     (0..flows)
