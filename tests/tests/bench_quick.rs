@@ -71,11 +71,11 @@ fn bench_quick_writes_tables() {
     let stdout = String::from_utf8(output.stdout).expect("stdout is UTF-8");
 
     let variants = table_rows(&stdout, VARIANT_HEADER);
-    // 4 floors, the clock probe, hot and cold hits for 4 fixtures, 11 more verdict cases and
-    // 5 live-frames variants.
+    // 4 floors, the clock probe, 3 parse-only shapes, hot and cold hits for 4 fixtures, 11 more
+    // verdict cases, 3 punt-storm variants and 5 live-frames variants.
     assert_eq!(
         variants.len(),
-        4 + 1 + 8 + 11 + 5,
+        4 + 1 + 3 + 8 + 11 + 3 + 5,
         "variant rows:\n{stdout}"
     );
     for row in &variants {
