@@ -129,7 +129,7 @@ impl Options {
             control: (!self.no_control).then(|| control::ControlPlan {
                 devices: self.cp_devices.unwrap_or(pick(1000, 20)),
                 resources: self.cp_resources.unwrap_or(pick(1000, 20)),
-                grants: self.cp_grants.unwrap_or(pick(1000, 20)),
+                grants: self.cp_grants.unwrap_or(20),
             }),
             enforcer: match self.enforcer {
                 Some(path) => path,
