@@ -65,7 +65,9 @@ pub struct ControlFigures {
     pub reconcile: Option<Duration>,
     pub grants: usize,
     pub sequential: Duration,
-    pub concurrent: Duration,
+    /// The concurrent grants' time, or the error that stopped them (for example a client's
+    /// request timeout while the other clients' grants held the daemon).
+    pub concurrent: Result<Duration, String>,
     /// From `SessionRevoke` returning to the first denied packet.
     pub revoke_to_deny: Duration,
     /// Packets that passed after `SessionRevoke` returned.
@@ -105,7 +107,8 @@ pub fn measure(enforcer: &Path, plan: ControlPlan) -> anyhow::Result<ControlFigu
 
     let socket = lab.socket_path();
     let sequential = grant_sequentially(&socket, plan.grants, FRESH_RESOURCE)?;
-    let concurrent = grant_concurrently(&socket, plan.grants, &format!("{FRESH_RESOURCE}-2"))?;
+    let concurrent = grant_concurrently(&socket, plan.grants, &format!("{FRESH_RESOURCE}-2"))
+        .map_err(|err| format!("{err:#}"));
     let (revoke_to_deny, passed_after_revoke) = revoke_and_probe(&lab, probe_device)?;
 
     daemon.stop()?;

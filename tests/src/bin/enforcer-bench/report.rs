@@ -330,11 +330,14 @@ fn control_table(control: &ControlFigures) -> String {
                 "{} admin grants, {CONCURRENT_GRANT_CLIENTS} clients at once",
                 control.grants
             ),
-            format!(
-                "{:.3} s, {:.0} per second",
-                control.concurrent.as_secs_f64(),
-                rate(control.concurrent)
-            ),
+            match &control.concurrent {
+                Ok(elapsed) => format!(
+                    "{:.3} s, {:.0} per second",
+                    elapsed.as_secs_f64(),
+                    rate(*elapsed)
+                ),
+                Err(err) => format!("failed: {}", err.replace('|', "/").replace('\n', " ")),
+            },
         ],
         vec![
             "`session revoke` returning to the first denied packet".to_owned(),
