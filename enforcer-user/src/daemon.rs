@@ -146,7 +146,8 @@ pub fn start(config: Config) -> Result<DaemonState, DaemonError> {
     )?;
     tracing::info!(
         interface = %config.interface,
-        mode = config.xdp_mode.as_str(),
+        mode = attachment.mode_name(),
+        requested_mode = config.xdp_mode.as_str(),
         program_id = attachment.program_id,
         adopted = attachment.adopted,
         pins = %attachment.pin_folder.display(),

@@ -57,6 +57,32 @@ fn expired_session_is_dropped() {
 }
 
 #[test]
+fn revoke_by_device_name() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    grant(&lab, "laptop", "1h");
+    grant(&lab, "desktop", "1h");
+
+    let listed = lab.cli(&["session", "list"]);
+    let listing = text(&listed);
+    assert!(
+        listing.lines().any(|line| line.starts_with("laptop (1) ")),
+        "session list prints: {listing}"
+    );
+
+    let report = lab.cli_json(&["session", "revoke", "--device", "laptop"]);
+    assert_eq!(report["sessions"], 1, "{report}");
+    assert!(!lab.ping_from(CLIENT), "a revoked device must be dropped");
+    assert!(
+        lab.ping_from(CLIENT_2),
+        "the other device keeps its session"
+    );
+
+    let missing = lab.cli(&["session", "revoke", "--device", "no-such-device"]);
+    assert_eq!(missing.status.code(), Some(3), "{}", text(&missing));
+}
+
+#[test]
 fn revoke_drops_next_packet() {
     let mut lab = Gateway::new(POLICY);
     lab.start();

@@ -316,6 +316,21 @@ async fn callback_from_other_device_grants_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_page_names_portal_url() {
+    let lab = lab().await;
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("{}/", lab.portal_url))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "curl failed: {text}");
+    let command = format!("run `curl -X POST {}/device`", lab.portal_url);
+    assert!(text.contains(&command), "{text}");
+    assert!(!text.contains("<portal>"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_code_sign_in_with_curl() {
     let lab = lab().await;
     let output = std::process::Command::new("curl")
@@ -330,6 +345,8 @@ async fn device_code_sign_in_with_curl() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(text.contains("device sign-in: open"), "{text}");
+    let poll_command = format!("then run `curl {}/device`", lab.portal_url);
+    assert!(text.contains(&poll_command), "{text}");
     let complete = text
         .lines()
         .find_map(|line| line.strip_prefix("or open "))

@@ -5,11 +5,11 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use serde_json::{Value, json};
 
-use super::{DeviceRef, ErrorCode, Request, Response};
+use super::{DeviceRef, ErrorCode, Request, Response, RevokeRequest};
 use crate::{
     daemon::DaemonState,
     dataplane::maps::KernelMaps,
-    engine::EngineError,
+    engine::{EngineError, RevokeSelector},
     explain::{Packet, explain},
     policy::PolicyLoadError,
     store::{AuditEntry, AuditKind, DeviceRecord, EnrollmentSource, NewDevice, StoreError},
@@ -36,13 +36,7 @@ pub fn handle(state: &DaemonState, request: Request, actor: &str) -> Response {
             resource,
             duration_secs,
         } => session_grant(state, &device, &resource, duration_secs, actor),
-        Request::SessionRevoke { selector } => {
-            let mut engine = state.lock_engine();
-            engine
-                .revoke(&selector, actor)
-                .map_err(engine_error)
-                .map(|report| json!(report))
-        }
+        Request::SessionRevoke { selector } => session_revoke(state, selector, actor),
         Request::ResourceList => resource_list(state),
         Request::Explain {
             source,
@@ -79,7 +73,8 @@ fn status(state: &DaemonState) -> HandlerResult {
     let idp = state.idp_health();
     Ok(json!({
         "interface": state.config.interface,
-        "xdp_mode": state.config.xdp_mode.as_str(),
+        "xdp_mode": state.attachment.mode_name(),
+        "xdp_mode_requested": state.config.xdp_mode.as_str(),
         "link_kind": state.config.link_kind,
         "program": engine.maps().program_name(),
         "program_id": state.attachment.program_id,
@@ -193,7 +188,7 @@ fn device_remove(state: &DaemonState, device: &DeviceRef, actor: &str) -> Handle
     let mut engine = state.lock_engine();
     let revoked = engine
         .revoke(
-            &crate::engine::RevokeSelector::Device {
+            &RevokeSelector::Device {
                 device_id: record.id,
             },
             actor,
@@ -227,6 +222,13 @@ fn session_rows(
         .map_err(dataplane_error)?
         .into_iter()
         .collect();
+    let device_names: std::collections::HashMap<u32, String> = state
+        .store
+        .devices()
+        .map_err(store_error)?
+        .into_iter()
+        .map(|device| (device.id, device.name))
+        .collect();
     let mut rows = Vec::new();
     for session in state.store.sessions().map_err(store_error)? {
         if device_id.is_some_and(|id| id != session.device_id) {
@@ -242,6 +244,7 @@ fn session_rows(
             .map(|resource| resource.name.clone());
         rows.push(json!({
             "device_id": session.device_id,
+            "device": device_names.get(&session.device_id),
             "resource_id": session.resource_id,
             "resource": resource,
             "source": session.source,
@@ -262,6 +265,25 @@ fn session_list(state: &DaemonState, device: Option<&DeviceRef>) -> HandlerResul
         None => None,
     };
     Ok(json!(session_rows(state, device_id)?))
+}
+
+fn session_revoke(state: &DaemonState, request: RevokeRequest, actor: &str) -> HandlerResult {
+    let selector = match request {
+        RevokeRequest::Device { device } => RevokeSelector::Device {
+            device_id: find_device(state, &device)?.id,
+        },
+        RevokeRequest::Session { device, resource } => RevokeSelector::Session {
+            device_id: find_device(state, &device)?.id,
+            resource,
+        },
+        RevokeRequest::User { issuer, subject } => RevokeSelector::User { issuer, subject },
+        RevokeRequest::Resource { resource } => RevokeSelector::Resource { resource },
+    };
+    let mut engine = state.lock_engine();
+    engine
+        .revoke(&selector, actor)
+        .map_err(engine_error)
+        .map(|report| json!(report))
 }
 
 fn session_grant(

@@ -10,8 +10,6 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::RevokeSelector;
-
 /// A device named on the command line: its id or its name.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -38,6 +36,17 @@ impl std::str::FromStr for DeviceRef {
             Err(_) => DeviceRef::Name(text.to_owned()),
         })
     }
+}
+
+/// Sessions to revoke, with devices given by id or name; the daemon resolves the device and
+/// passes an `engine::RevokeSelector` to the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum RevokeRequest {
+    Device { device: DeviceRef },
+    User { issuer: String, subject: String },
+    Resource { resource: String },
+    Session { device: DeviceRef, resource: String },
 }
 
 /// One request to the daemon.
@@ -67,7 +76,7 @@ pub enum Request {
         duration_secs: u64,
     },
     SessionRevoke {
-        selector: RevokeSelector,
+        selector: RevokeRequest,
     },
     ResourceList,
     Explain {

@@ -138,12 +138,32 @@ fn devices(out: &mut String, result: &Value) {
 }
 
 fn sessions(out: &mut String, result: &Value) {
+    let rows: Vec<&Value> = result.as_array().into_iter().flatten().collect();
+    let devices: Vec<String> = rows
+        .iter()
+        .map(|session| {
+            format!(
+                "{} ({})",
+                plain(&session["device"]),
+                plain(&session["device_id"])
+            )
+        })
+        .collect();
+    let device_width = column_width(
+        "DEVICE",
+        devices.iter().map(|device| device.chars().count()),
+    );
+    let resource_width = column_width(
+        "RESOURCE",
+        rows.iter()
+            .map(|session| plain(&session["resource"]).chars().count()),
+    );
     let _ = writeln!(
         out,
-        "{:<7} {:<16} {:<8} {:<26} USER",
+        "{:<device_width$} {:<resource_width$} {:<8} {:<20} USER",
         "DEVICE", "RESOURCE", "STATE", "EXPIRES"
     );
-    for session in result.as_array().into_iter().flatten() {
+    for (session, device) in rows.iter().zip(&devices) {
         let state = if session["live"] == true {
             "live"
         } else if session["in_kernel"] == true {
@@ -153,14 +173,19 @@ fn sessions(out: &mut String, result: &Value) {
         };
         let _ = writeln!(
             out,
-            "{:<7} {:<16} {:<8} {:<26} {}",
-            plain(&session["device_id"]),
+            "{:<device_width$} {:<resource_width$} {:<8} {:<20} {}",
+            device,
             plain(&session["resource"]),
             state,
             time(&session["expires_unix_ns"]),
             plain(&session["user"]["subject"])
         );
     }
+}
+
+/// Returns the width of a column: the longest of its header and its cells, in characters.
+fn column_width(header: &str, cells: impl Iterator<Item = usize>) -> usize {
+    cells.fold(header.len(), usize::max)
 }
 
 fn resources(out: &mut String, result: &Value) {
@@ -303,5 +328,52 @@ fn time(value: &Value) -> String {
             humantime::format_rfc3339_seconds(at).to_string()
         }
         None => "-".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn session_list_aligns_device_column() {
+        let result = json!([
+            {
+                "device_id": 1,
+                "device": "alice-workstation",
+                "resource": "wiki",
+                "live": true,
+                "in_kernel": true,
+                "expires_unix_ns": 1_700_000_000_000_000_000u64,
+                "user": { "subject": "alice" },
+            },
+            {
+                "device_id": 12,
+                "device": "bob",
+                "resource": "payroll-reports",
+                "live": false,
+                "in_kernel": false,
+                "expires_unix_ns": null,
+                "user": { "subject": "bob" },
+            },
+        ]);
+        let text = render(&Request::SessionList { device: None }, &result);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].starts_with("alice-workstation (1) "), "{text}");
+        assert!(lines[2].starts_with("bob (12) "), "{text}");
+
+        let resource_column = lines[0].find("RESOURCE").unwrap();
+        assert_eq!(lines[1].find("wiki"), Some(resource_column), "{text}");
+        assert_eq!(
+            lines[2].find("payroll-reports"),
+            Some(resource_column),
+            "{text}"
+        );
+        let state_column = lines[0].find("STATE").unwrap();
+        assert_eq!(lines[1].find("live"), Some(state_column), "{text}");
+        assert_eq!(lines[2].find("inactive"), Some(state_column), "{text}");
     }
 }

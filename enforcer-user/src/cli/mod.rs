@@ -11,9 +11,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::{DeviceRef, EXIT_UNREACHABLE, Request, Response, client},
+    admin::{DeviceRef, EXIT_UNREACHABLE, Request, Response, RevokeRequest, client},
     config::{Config, DEFAULT_ADMIN_SOCKET},
-    engine::RevokeSelector,
 };
 
 /// Zero Trust gateway: per-packet session enforcement in XDP with OpenID Connect sign-in.
@@ -309,23 +308,12 @@ fn request_of(command: Command) -> anyhow::Result<Request> {
     })
 }
 
-fn revoke_selector(args: RevokeArgs) -> anyhow::Result<RevokeSelector> {
-    let device_id = |device: DeviceRef| match device {
-        DeviceRef::Id(id) => Ok(id),
-        DeviceRef::Name(name) => anyhow::bail!(
-            "--device {name:?} is not a device id; revocation takes the numeric id shown by `enforcer device list`"
-        ),
-    };
+fn revoke_selector(args: RevokeArgs) -> anyhow::Result<RevokeRequest> {
     Ok(match (args.device, args.resource, args.user, args.issuer) {
-        (_, _, Some(subject), Some(issuer)) => RevokeSelector::User { issuer, subject },
-        (Some(device), Some(resource), _, _) => RevokeSelector::Session {
-            device_id: device_id(device)?,
-            resource,
-        },
-        (Some(device), None, _, _) => RevokeSelector::Device {
-            device_id: device_id(device)?,
-        },
-        (None, Some(resource), _, _) => RevokeSelector::Resource { resource },
+        (_, _, Some(subject), Some(issuer)) => RevokeRequest::User { issuer, subject },
+        (Some(device), Some(resource), _, _) => RevokeRequest::Session { device, resource },
+        (Some(device), None, _, _) => RevokeRequest::Device { device },
+        (None, Some(resource), _, _) => RevokeRequest::Resource { resource },
         _ => anyhow::bail!("pass --device, --resource, or --user with --issuer"),
     })
 }

@@ -6,6 +6,7 @@ pub mod maps;
 pub mod pins;
 pub mod punts;
 pub mod reference;
+pub mod xdp_mode;
 
 use std::net::IpAddr;
 

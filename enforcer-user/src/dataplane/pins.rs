@@ -19,7 +19,7 @@ use aya::{
     },
 };
 
-use super::{Dataplane, DataplaneError, MAP_NAMES};
+use super::{Dataplane, DataplaneError, MAP_NAMES, xdp_mode::AttachedMode};
 
 /// File name of the pinned XDP link.
 pub const LINK_PIN: &str = "link";
@@ -34,6 +34,16 @@ pub struct Attachment {
     pub program_id: u32,
     pub link_id: u32,
     pub pin_folder: PathBuf,
+    /// Mode in effect as the kernel reports it; `None` when the read-back failed.
+    pub mode: Option<AttachedMode>,
+}
+
+impl Attachment {
+    /// Returns the mode in effect (`native`, `generic` or `offload`), or `unknown` when the
+    /// kernel could not be asked.
+    pub fn mode_name(&self) -> &'static str {
+        self.mode.map_or("unknown", AttachedMode::as_str)
+    }
 }
 
 fn pin_error(path: &Path, source: impl std::fmt::Display) -> DataplaneError {
@@ -53,6 +63,25 @@ pub fn attach_or_adopt(
     program_name: &'static str,
     session_capacity: Option<u32>,
 ) -> Result<(Dataplane, Attachment), DataplaneError> {
+    let (dataplane, mut attachment) =
+        attach_or_adopt_pins(folder, interface, mode, program_name, session_capacity)?;
+    attachment.mode = match super::xdp_mode::attached_mode(interface, attachment.program_id) {
+        Ok(mode) => mode,
+        Err(err) => {
+            tracing::warn!(interface, program_id = attachment.program_id, error = %err, "failed to read the XDP attach mode back from the kernel");
+            None
+        }
+    };
+    Ok((dataplane, attachment))
+}
+
+fn attach_or_adopt_pins(
+    folder: &Path,
+    interface: &str,
+    mode: XdpMode,
+    program_name: &'static str,
+    session_capacity: Option<u32>,
+) -> Result<(Dataplane, Attachment), DataplaneError> {
     check_bpffs(folder)?;
     if folder.join(LINK_PIN).exists() {
         return adopt(folder, program_name);
@@ -66,6 +95,37 @@ pub fn attach_or_adopt(
                 tracing::error!(folder = %folder.display(), error = %cleanup, "failed to remove partial pins");
             }
             Err(err)
+        }
+    }
+}
+
+/// Attaches `program` to `interface` in `mode`. `XdpMode::Default` (the `auto` setting) tries
+/// native (driver) mode first and falls back to generic (SKB) mode when the driver rejects it,
+/// because the kernel itself would only pick driver mode and fail on such a driver.
+fn attach_with_fallback(
+    program: &mut aya::programs::Xdp,
+    interface: &str,
+    mode: XdpMode,
+    program_name: &'static str,
+) -> Result<aya::programs::xdp::XdpLinkId, DataplaneError> {
+    let program_error = |source| DataplaneError::Program {
+        name: program_name,
+        source,
+    };
+    if mode != XdpMode::Default {
+        return program.attach(interface, mode).map_err(program_error);
+    }
+    match program.attach(interface, XdpMode::Driver) {
+        Ok(link_id) => Ok(link_id),
+        Err(err) => {
+            tracing::info!(
+                interface,
+                error = %err,
+                "native XDP attach failed, so falling back to generic (SKB) mode"
+            );
+            program
+                .attach(interface, XdpMode::Skb)
+                .map_err(program_error)
         }
     }
 }
@@ -94,12 +154,7 @@ fn attach_pinned(
             source,
         })?
         .id();
-    let link_id = program
-        .attach(interface, mode)
-        .map_err(|source| DataplaneError::Program {
-            name: program_name,
-            source,
-        })?;
+    let link_id = attach_with_fallback(program, interface, mode, program_name)?;
     let link = program
         .take_link(link_id)
         .map_err(|source| DataplaneError::Program {
@@ -127,6 +182,7 @@ fn attach_pinned(
             program_id,
             link_id,
             pin_folder: folder.to_path_buf(),
+            mode: None,
         },
     ))
 }
@@ -181,6 +237,7 @@ fn adopt(
             program_id,
             link_id: info.id(),
             pin_folder: folder.to_path_buf(),
+            mode: None,
         },
     ))
 }
@@ -278,6 +335,7 @@ fn upgrade(
             program_id: info.id(),
             link_id,
             pin_folder: folder.to_path_buf(),
+            mode: None,
         },
     )))
 }

@@ -150,10 +150,14 @@ impl<M: KernelMaps> Engine<M> {
                 device_id: Some(device_id),
                 resource_id: None,
                 detail: format!(
-                    "signed in on device {} (amr {:?}, acr {:?}); renewed {} resource(s)",
+                    "signed in on device {} (amr {}, acr {}); renewed {} resource(s)",
                     device.name,
-                    auth.amr,
-                    auth.acr,
+                    if auth.amr.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        auth.amr.join(",")
+                    },
+                    auth.acr.as_deref().unwrap_or("none"),
                     sessions.len()
                 ),
             })?;

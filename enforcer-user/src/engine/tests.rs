@@ -520,3 +520,19 @@ fn admin_grant_uses_its_own_duration() {
     );
     assert!(kernel_expiry(&fixture, "payroll").is_some());
 }
+
+#[test]
+fn sign_in_audit_prints_plain_acr() {
+    let mut fixture = ready(MULTI);
+    let mut authentication = auth(&["pwd", "otp"], start());
+    authentication.acr = Some("urn:example:mfa".to_owned());
+    fixture
+        .engine
+        .sign_in(1, alice_record(), authentication)
+        .unwrap();
+    let records = fixture.engine.store().audit_tail(1).unwrap();
+    let detail = &records[0].detail;
+    assert!(detail.contains("acr urn:example:mfa)"), "{detail}");
+    assert!(detail.contains("amr pwd,otp,"), "{detail}");
+    assert!(!detail.contains("Some("), "{detail}");
+}

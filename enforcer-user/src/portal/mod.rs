@@ -154,6 +154,19 @@ impl Portal {
         })
     }
 
+    /// Returns the portal's URL without a trailing slash for commands printed to curl users:
+    /// the responder's `portal_url`, or the request's `Host` header when no responder runs.
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(responder) = self.responder.get() {
+            return responder.portal_url().trim_end_matches('/').to_owned();
+        }
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("localhost");
+        format!("http://{host}")
+    }
+
     fn device_grant(&self, device_id: u32) -> Option<DeviceGrant> {
         self.device_grants
             .lock()
@@ -254,7 +267,13 @@ async fn status(
     let grant = portal.device_grant(device_id);
     Ok(respond(
         format,
-        render::status(format, &status, grant.as_ref(), SystemTime::now()),
+        render::status(
+            format,
+            &status,
+            grant.as_ref(),
+            SystemTime::now(),
+            &portal.base_url(&headers),
+        ),
     ))
 }
 
@@ -363,7 +382,7 @@ async fn device_start(
         let grant = portal.device_grant(device_id);
         return Ok(respond(
             format,
-            render::device_grant(format, grant.as_ref()),
+            render::device_grant(format, grant.as_ref(), &portal.base_url(&headers)),
         ));
     }
     let status = portal.gateway.device_status(device_id);
@@ -404,7 +423,7 @@ async fn device_start(
     });
     Ok(respond(
         format,
-        render::device_grant(format, Some(&waiting)),
+        render::device_grant(format, Some(&waiting), &portal.base_url(&headers)),
     ))
 }
 
@@ -418,7 +437,7 @@ async fn device_status(
     let grant = portal.device_grant(device_id);
     Ok(respond(
         format,
-        render::device_grant(format, grant.as_ref()),
+        render::device_grant(format, grant.as_ref(), &portal.base_url(&headers)),
     ))
 }
 

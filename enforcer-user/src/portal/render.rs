@@ -121,6 +121,7 @@ pub fn status(
     status: &DeviceStatus,
     grant: Option<&DeviceGrant>,
     now: SystemTime,
+    portal_url: &str,
 ) -> String {
     match format {
         Format::Html => {
@@ -165,11 +166,12 @@ pub fn status(
             if status.pending_requires_mfa {
                 text.push_str("a waiting resource requires multi-factor sign-in\n");
             }
-            text.push_str(
-                "sign in: open this page in a browser, or run `curl -X POST <portal>/device`\n",
+            let _ = writeln!(
+                text,
+                "sign in: open this page in a browser, or run `curl -X POST {portal_url}/device`"
             );
             if let Some(grant) = grant {
-                text.push_str(&device_grant_text(grant));
+                text.push_str(&device_grant_text(grant, portal_url));
             }
             text
         }
@@ -239,7 +241,7 @@ fn device_grant_html(grant: &DeviceGrant) -> String {
     }
 }
 
-fn device_grant_text(grant: &DeviceGrant) -> String {
+fn device_grant_text(grant: &DeviceGrant, portal_url: &str) -> String {
     match grant {
         DeviceGrant::Waiting {
             verification_uri,
@@ -254,7 +256,10 @@ fn device_grant_text(grant: &DeviceGrant) -> String {
             if let Some(complete) = verification_uri_complete {
                 let _ = writeln!(text, "or open {complete}");
             }
-            text.push_str("then run `curl <portal>/device` to see the result\n");
+            let _ = writeln!(
+                text,
+                "then run `curl {portal_url}/device` to see the result"
+            );
             text
         }
         DeviceGrant::Granted(sessions) => {
@@ -266,17 +271,17 @@ fn device_grant_text(grant: &DeviceGrant) -> String {
     }
 }
 
-/// Renders the device authorization grant's progress.
-pub fn device_grant(format: Format, grant: Option<&DeviceGrant>) -> String {
+/// Renders the device authorization grant's progress. `portal_url` has no trailing slash.
+pub fn device_grant(format: Format, grant: Option<&DeviceGrant>, portal_url: &str) -> String {
     match (format, grant) {
         (Format::Html, Some(grant)) => page("Device sign-in", &device_grant_html(grant)),
         (Format::Html, None) => page(
             "Device sign-in",
             "<p>No device sign-in started. <form method=\"post\" action=\"/device\"><button type=\"submit\">Start</button></form></p>\n",
         ),
-        (Format::Text, Some(grant)) => device_grant_text(grant),
+        (Format::Text, Some(grant)) => device_grant_text(grant, portal_url),
         (Format::Text, None) => {
-            "device sign-in: not started; run `curl -X POST <portal>/device`\n".into()
+            format!("device sign-in: not started; run `curl -X POST {portal_url}/device`\n")
         }
     }
 }
@@ -348,5 +353,36 @@ mod tests {
         assert_eq!(remaining(now + Duration::from_secs(3900), now), "1h 05m");
         assert_eq!(remaining(now + Duration::from_secs(65), now), "1m 05s");
         assert_eq!(remaining(now - Duration::from_secs(1), now), "expired");
+    }
+
+    #[test]
+    fn status_text_names_portal_url() {
+        let status = DeviceStatus {
+            device_id: 1,
+            name: "laptop".into(),
+            sessions: Vec::new(),
+            pending: Vec::new(),
+            pending_requires_mfa: false,
+        };
+        let text = super::status(
+            Format::Text,
+            &status,
+            None,
+            SystemTime::now(),
+            "http://192.0.2.1:8080",
+        );
+        assert!(
+            text.contains("run `curl -X POST http://192.0.2.1:8080/device`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn device_grant_text_names_portal_url() {
+        let text = device_grant(Format::Text, None, "http://192.0.2.1:8080");
+        assert_eq!(
+            text,
+            "device sign-in: not started; run `curl -X POST http://192.0.2.1:8080/device`\n"
+        );
     }
 }

@@ -65,6 +65,8 @@ pub struct Gateway {
     pub portal_listen: String,
     /// Top-level keys added to the config.
     pub top_config: String,
+    /// The config's `xdp_mode`; generic (`skb`) unless a test needs another.
+    pub xdp_mode: String,
 }
 
 impl Gateway {
@@ -94,6 +96,7 @@ impl Gateway {
             extra_config: String::new(),
             portal_listen: "127.0.0.1:0".into(),
             top_config: String::new(),
+            xdp_mode: "skb".into(),
         };
         lab.write_policy(policy);
         lab
@@ -127,7 +130,7 @@ impl Gateway {
         let config = format!(
             r#"
 interface = "g0"
-xdp_mode = "skb"
+xdp_mode = "{mode}"
 pin_root = "{pins}"
 policy = "policy.toml"
 {top}
@@ -146,6 +149,7 @@ listen = "{metrics}"
             portal = self.portal_listen,
             metrics = METRICS_LISTEN,
             top = self.top_config,
+            mode = self.xdp_mode,
         );
         fs::write(self.config_path(), config).unwrap();
     }
