@@ -20,9 +20,8 @@ use anyhow::{Context as _, bail};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use aya_obj::programs::XdpAttachType;
 use enforcer::{
-    admin::{DeviceRef, Request, Response, client},
+    admin::{DeviceRef, Request, Response, RevokeRequest, client},
     clock::{Clock as _, SystemClock},
-    engine::RevokeSelector,
     store::{EnrollmentSource, GrantSource, NewDevice, SessionRecord, Store},
 };
 use enforcer_tests::Netns;
@@ -290,8 +289,8 @@ fn revoke_and_probe(lab: &Lab, probe_device: u32) -> anyhow::Result<(Duration, u
     call(
         &lab.socket_path(),
         &Request::SessionRevoke {
-            selector: RevokeSelector::Session {
-                device_id: probe_device,
+            selector: RevokeRequest::Session {
+                device: DeviceRef::Id(probe_device),
                 resource: resource_name(0),
             },
         },
