@@ -79,18 +79,28 @@ impl<M: KernelMaps> Engine<M> {
         user: UserRecord,
         auth: AuthRecord,
     ) -> Result<SignInReport, EngineError> {
-        let device = self
-            .store
-            .device(device_id)?
-            .ok_or_else(|| not_found(format!("device {device_id}"), "enroll the device first"))?;
+        let actor = format!("user:{}#{}", user.key.issuer, user.key.subject);
+        let Some(device) = self.store.device(device_id)? else {
+            self.audit_rejected_sign_in(
+                &actor,
+                device_id,
+                format!("rejected sign-in: device {device_id} is not enrolled"),
+            );
+            return Err(not_found(
+                format!("device {device_id}"),
+                "enroll the device first",
+            ));
+        };
         if let Some(owner) = &device.owner
             && owner != &user.key.subject
             && user.email.as_deref() != Some(owner.as_str())
         {
-            return Err(EngineError::Denied(format!(
+            let message = format!(
                 "device {} ({device_id}) belongs to {owner}, so {} may not sign in on it",
                 device.name, user.key.subject
-            )));
+            );
+            self.audit_rejected_sign_in(&actor, device_id, format!("rejected sign-in: {message}"));
+            return Err(EngineError::Denied(message));
         }
 
         let now = self.clock.now();
@@ -140,12 +150,24 @@ impl<M: KernelMaps> Engine<M> {
             sessions.push((record, expires_at_boot_ns));
         }
 
-        let actor = format!("user:{}#{}", user.key.issuer, user.key.subject);
+        // A user whom no resource allows is recorded as a rejected sign-in, although the
+        // user and the authentication are still stored like any other sign-in.
+        let allowed_nowhere = self
+            .policy
+            .resources
+            .iter()
+            .all(|resource| !resource.allows(&principal));
+        let kind = if allowed_nowhere {
+            tracing::warn!(device_id, user = %user.key.subject, "sign-in of a user whom no resource allows");
+            AuditKind::SignInRejected
+        } else {
+            AuditKind::SignIn
+        };
         self.commit_sessions(&sessions, |txn| {
             txn.put_user(&user)?;
             txn.put_authentication(device_id, &auth)?;
             txn.audit(AuditEntry {
-                kind: AuditKind::SignIn,
+                kind,
                 actor: actor.clone(),
                 device_id: Some(device_id),
                 resource_id: None,
@@ -537,6 +559,28 @@ impl<M: KernelMaps> Engine<M> {
     /// Returns the current time on both clocks.
     pub fn now(&self) -> Instant {
         self.clock.now()
+    }
+}
+
+impl<M: KernelMaps> Engine<M> {
+    /// Writes a `sign_in_rejected` audit entry for `device_id`. A failed write is logged and
+    /// not returned, so the caller still reports the rejection itself.
+    fn audit_rejected_sign_in(&self, actor: &str, device_id: u32, detail: String) {
+        tracing::warn!(device_id, actor, detail, "rejected sign-in");
+        let write = || -> Result<(), crate::store::StoreError> {
+            let mut txn = self.store.begin_write()?;
+            txn.audit(AuditEntry {
+                kind: AuditKind::SignInRejected,
+                actor: actor.to_owned(),
+                device_id: Some(device_id),
+                resource_id: None,
+                detail,
+            })?;
+            txn.commit()
+        };
+        if let Err(err) = write() {
+            tracing::error!(device_id, actor, error = %err, "failed to write the audit entry of a rejected sign-in");
+        }
     }
 }
 

@@ -536,3 +536,54 @@ fn sign_in_audit_prints_plain_acr() {
     assert!(detail.contains("amr pwd,otp,"), "{detail}");
     assert!(!detail.contains("Some("), "{detail}");
 }
+
+fn last_audit(fixture: &Fixture) -> crate::store::AuditRecord {
+    let mut records = fixture.engine.store().audit_tail(1).unwrap();
+    records.pop().expect("an audit record")
+}
+
+#[test]
+fn owner_mismatch_is_audited() {
+    let mut fixture = ready(MULTI);
+    let mut bob = alice_record();
+    bob.key.subject = "bob".to_owned();
+    bob.email = Some("bob@example.com".to_owned());
+    let _ = fixture.engine.sign_in(1, bob, auth(&["pwd"], start()));
+    let record = last_audit(&fixture);
+    assert_eq!(record.kind, crate::store::AuditKind::SignInRejected);
+    assert_eq!(record.device_id, Some(1));
+    assert!(record.actor.ends_with("#bob"), "{}", record.actor);
+    assert!(record.detail.contains("belongs to"), "{}", record.detail);
+}
+
+#[test]
+fn unknown_device_sign_in_is_audited() {
+    let mut fixture = ready(MULTI);
+    let err = fixture
+        .engine
+        .sign_in(99, alice_record(), auth(&["pwd"], start()))
+        .unwrap_err();
+    assert!(matches!(err, EngineError::NotFound { .. }), "{err}");
+    let record = last_audit(&fixture);
+    assert_eq!(record.kind, crate::store::AuditKind::SignInRejected);
+    assert_eq!(record.device_id, Some(99));
+    assert!(record.detail.contains("not enrolled"), "{}", record.detail);
+}
+
+#[test]
+fn disallowed_user_sign_in_is_audited() {
+    let mut fixture = ready(MULTI);
+    let mut carol = alice_record();
+    carol.key.subject = "carol".to_owned();
+    carol.email = Some("carol@example.com".to_owned());
+    carol.groups = Vec::new();
+    let report = fixture
+        .engine
+        .sign_in(2, carol, auth(&["pwd"], start()))
+        .unwrap();
+    assert!(report.granted.is_empty(), "{report:?}");
+    let record = last_audit(&fixture);
+    assert_eq!(record.kind, crate::store::AuditKind::SignInRejected);
+    assert_eq!(record.device_id, Some(2));
+    assert!(record.actor.ends_with("#carol"), "{}", record.actor);
+}

@@ -239,9 +239,10 @@ fn respond(format: Format, body: String) -> Response {
     (content_type(format), body).into_response()
 }
 
-// NOTE: an address with no enrolled device is rejected here. Enrollment on first sign-in, when
-// the policy allows it, needs a device record created by the session engine, which has no
-// such operation yet.
+// NOTE: an address with no enrolled device is rejected here, before any sign-in, so the audit
+// log has no entry for it because no user is known yet. Enrollment on first sign-in, when the
+// policy allows it, needs a device record created by the session engine, which has no such
+// operation yet.
 fn identify(portal: &Portal, address: SocketAddr, format: Format) -> Result<u32, PortalError> {
     portal
         .gateway

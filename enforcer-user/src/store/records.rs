@@ -96,6 +96,9 @@ pub struct SessionRecord {
 #[serde(rename_all = "snake_case")]
 pub enum AuditKind {
     SignIn,
+    /// A sign-in that opened nothing: unknown device, another owner's device, or a user whom
+    /// no resource allows.
+    SignInRejected,
     Grant,
     Revocation,
     Enrollment,
@@ -107,6 +110,7 @@ impl AuditKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AuditKind::SignIn => "sign_in",
+            AuditKind::SignInRejected => "sign_in_rejected",
             AuditKind::Grant => "grant",
             AuditKind::Revocation => "revocation",
             AuditKind::Enrollment => "enrollment",
