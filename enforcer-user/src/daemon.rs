@@ -3,6 +3,7 @@
 //! SIGTERM, SIGINT or the shutdown token. The program stays attached after it returns.
 
 use std::{
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -45,6 +46,17 @@ pub enum DaemonError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Idp(#[from] crate::idp::IdpError),
+    #[error(
+        "another enforcer daemon is already running on the pins in {folder} (lock file {lock}); stop it first, or give this daemon its own interface or pin_root"
+    )]
+    AlreadyRunning { folder: PathBuf, lock: PathBuf },
+    #[error("failed to lock {lock} for the pins in {folder}: {source}")]
+    PinLock {
+        folder: PathBuf,
+        lock: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to read the boot id from /proc/sys/kernel/random/boot_id: {0}")]
     BootId(#[source] std::io::Error),
     #[error("failed to install the {signal} handler: {source}")]
@@ -84,6 +96,52 @@ pub struct DaemonState {
     /// Reader of the punt ring buffer; the reauth responder takes it once at start. `None`
     /// when the XDP program has no `PUNTS` map.
     pub punts: Arc<Mutex<Option<PuntReader>>>,
+    /// Exclusive lock on the pins, held for the daemon's lifetime.
+    _pin_lock: Arc<std::fs::File>,
+}
+
+/// Takes an exclusive, non-blocking lock that names the pin folder. bpffs holds no regular
+/// files, so the lock file lives in /run/lock and is released when the process exits.
+fn lock_pins(folder: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::os::fd::AsRawFd as _;
+
+    let name: String = folder
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let lock = Path::new("/run/lock").join(format!("enforcer{name}.lock"));
+    let lock_error = |source| DaemonError::PinLock {
+        folder: folder.to_path_buf(),
+        lock: lock.clone(),
+        source,
+    };
+    std::fs::create_dir_all("/run/lock").map_err(lock_error)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(lock_error)?;
+    // SAFETY: the descriptor belongs to `file`, which outlives the call.
+    let result = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if result != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DaemonError::AlreadyRunning {
+                folder: folder.to_path_buf(),
+                lock,
+            });
+        }
+        return Err(lock_error(err));
+    }
+    Ok(file)
 }
 
 impl DaemonState {
@@ -129,6 +187,9 @@ pub fn counters_json(dataplane: &Dataplane) -> Value {
 /// Opens the store, loads the policy, attaches or adopts the program and reconciles the maps.
 pub fn start(config: Config) -> Result<DaemonState, DaemonError> {
     let config = Arc::new(config);
+    // The store's lock covers one store file only. This lock covers the pins, so a second
+    // daemon with another store cannot adopt the running program and rewrite its maps.
+    let pin_lock = lock_pins(&config.pin_folder())?;
     let store = Arc::new(Store::open(&config.store.path)?);
     let policy = Policy::load(&config.policy)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new().map_err(DaemonError::BootId)?);
@@ -167,6 +228,7 @@ pub fn start(config: Config) -> Result<DaemonState, DaemonError> {
     )?;
     engine.reconcile()?;
     Ok(DaemonState {
+        _pin_lock: Arc::new(pin_lock),
         config,
         store,
         engine: Arc::new(Mutex::new(engine)),

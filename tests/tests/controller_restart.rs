@@ -212,3 +212,57 @@ fn invalid_policy_prevents_start() {
     assert!(log.contains("\"forever\""), "{log}");
     assert_missing(&lab.pin_folder());
 }
+
+#[test]
+fn daemon_with_other_store_cannot_take_pins() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+
+    // The same interface and pins, but its own store, socket and listeners: the store lock
+    // cannot see it, so only the lock on the pins can stop it from rewriting the maps.
+    let config = std::fs::read_to_string(lab.config_path()).unwrap();
+    let other = config
+        .replace("state.redb", "other.redb")
+        .replace("admin.sock", "other.sock")
+        .replace("policy.toml", "other-policy.toml");
+    let other = other
+        .lines()
+        .filter(|line| !line.starts_with("listen"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("[portal]", "[portal]\nlisten = \"127.0.0.1:0\"")
+        .replace("[metrics]", "[metrics]\nlisten = \"127.0.0.1:0\"");
+    let dir = lab.config_path().parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("other-policy.toml"), "").unwrap();
+    let other_path = dir.join("other.toml");
+    std::fs::write(&other_path, other).unwrap();
+
+    let denied_before = !lab.ping_from(CLIENT);
+    let enforcer =
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_enforcer-lab")).with_file_name("enforcer");
+    let second = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.gateway.name()))
+        .arg(&enforcer)
+        .args(["run", "--config"])
+        .arg(&other_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "the second daemon started: {stderr}"
+    );
+    assert!(stderr.contains("already running on the pins"), "{stderr}");
+    assert!(
+        !dir.join("other.redb").exists(),
+        "the second daemon opened its store"
+    );
+    assert!(
+        denied_before,
+        "the client has no session, so its ping is denied"
+    );
+    assert!(
+        !lab.ping_from(CLIENT),
+        "the second daemon's empty policy opened the gate"
+    );
+}

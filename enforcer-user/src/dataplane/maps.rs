@@ -24,6 +24,8 @@ pub trait KernelMaps {
     fn set_session(&mut self, key: SessionKey, value: SessionValue) -> Result<(), DataplaneError>;
     fn remove_session(&mut self, key: SessionKey) -> Result<(), DataplaneError>;
     fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>, DataplaneError>;
+    /// Returns the session of `key`, without dumping the map as `sessions` does.
+    fn session(&self, key: SessionKey) -> Result<Option<SessionValue>, DataplaneError>;
 
     /// Maximum number of entries of the `SESSIONS` map.
     fn session_capacity(&self) -> u32;
@@ -96,6 +98,10 @@ impl KernelMaps for MemoryMaps {
 
     fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>, DataplaneError> {
         Ok(self.sessions.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn session(&self, key: SessionKey) -> Result<Option<SessionValue>, DataplaneError> {
+        Ok(self.sessions.get(&key).copied())
     }
 
     fn set_config(&mut self, config: common::Config) -> Result<(), DataplaneError> {

@@ -411,6 +411,20 @@ impl maps::KernelMaps for Dataplane {
         Ok(sessions)
     }
 
+    fn session(&self, key: SessionKey) -> Result<Option<SessionValue>, DataplaneError> {
+        let map: HashMap<&MapData, SessionKey, SessionValue> = self.map_ref(map_names::SESSIONS)?;
+        match map.get(&key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(aya::maps::MapError::SyscallError(syscall))
+                if syscall.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(map_error(map_names::SESSIONS, source)),
+        }
+    }
+
     fn set_config(&mut self, config: common::Config) -> Result<(), DataplaneError> {
         // An XDP object without CONFIG takes its built-in punt interval, so the write is
         // skipped.

@@ -1,7 +1,7 @@
 //! Changes that touch the kernel and the store together: sign-in, admin grant, revocation,
 //! policy reload and the sweep of long-expired sessions.
 
-use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
+use std::{sync::atomic::Ordering, time::Duration};
 
 use common::{SessionKey, SessionValue};
 
@@ -295,14 +295,15 @@ impl<M: KernelMaps> Engine<M> {
         sessions: &[(SessionRecord, u64)],
         extra: impl FnOnce(&mut StoreWrite) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
-        let current: HashMap<SessionKey, SessionValue> =
-            self.maps.sessions()?.into_iter().collect();
+        // Each previous value is read on its own: dumping a map of a million sessions per
+        // grant would cost seconds.
         let mut undo: Undo = Vec::new();
         for (record, expires_at_boot_ns) in sessions {
             let key = SessionKey {
                 device_id: record.device_id,
                 resource_id: record.resource_id,
             };
+            let previous = self.maps.session(key)?;
             let value = SessionValue {
                 expires_at_boot_ns: *expires_at_boot_ns,
             };
@@ -319,7 +320,7 @@ impl<M: KernelMaps> Engine<M> {
                 self.restore(&undo);
                 return Err(err.into());
             }
-            undo.push((key, current.get(&key).copied()));
+            undo.push((key, previous));
         }
 
         let result = (|| {
@@ -374,9 +375,6 @@ impl<M: KernelMaps> Engine<M> {
             .into_iter()
             .filter(|session| select(session))
             .collect();
-        let current: HashMap<SessionKey, SessionValue> =
-            self.maps.sessions()?.into_iter().collect();
-
         let mut undo: Undo = Vec::new();
         let mut report = RevokeReport {
             sessions: sessions.len(),
@@ -387,9 +385,9 @@ impl<M: KernelMaps> Engine<M> {
                 device_id: session.device_id,
                 resource_id: session.resource_id,
             };
-            if let Some(value) = current.get(&key) {
+            if let Some(value) = self.maps.session(key)? {
                 self.maps.remove_session(key)?;
-                undo.push((key, Some(*value)));
+                undo.push((key, Some(value)));
                 report.kernel_entries += 1;
             }
         }
