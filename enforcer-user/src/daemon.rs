@@ -57,6 +57,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the daemon's start task failed: {0}")]
+    StartFailed(String),
     #[error("failed to read the boot id from /proc/sys/kernel/random/boot_id: {0}")]
     BootId(#[source] std::io::Error),
     #[error("failed to install the {signal} handler: {source}")]
@@ -247,7 +249,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     };
     let state = tokio::task::spawn_blocking(move || start(config))
         .await
-        .map_err(|err| DaemonError::BootId(std::io::Error::other(err)))??;
+        .map_err(|err| DaemonError::StartFailed(err.to_string()))??;
     serve(state, admin_gid, shutdown).await
 }
 

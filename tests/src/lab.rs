@@ -404,6 +404,13 @@ portal_url = "{portal}"
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Returns the daemon's exit status once, the first time it is seen to have exited.
+    pub fn daemon_exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.daemon.as_mut()?.try_wait().ok().flatten()?;
+        self.daemon = None;
+        Some(status)
+    }
+
     /// Stops the daemon with `signal` and waits for it; the pinned program keeps enforcing.
     pub fn stop_daemon(&mut self, signal: libc::c_int) -> anyhow::Result<()> {
         if let Some(mut child) = self.daemon.take() {

@@ -65,6 +65,10 @@ pub enum StoreError {
         "store {path} has no schema version, so it was not created by enforcer; move it away or set a different [store] path"
     )]
     NotAStore { path: PathBuf },
+    #[error(
+        "store {path} is damaged ({detail}); restore it from a backup, or move it away to start with an empty store"
+    )]
+    Damaged { path: PathBuf, detail: String },
     #[error("store operation failed: {0}")]
     Redb(Box<redb::Error>),
     #[error("store record {table}/{key} is unreadable: {source}")]
@@ -116,7 +120,27 @@ impl Store {
     /// version is migrated or rejected, never recreated.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let existed = path.exists();
-        let db = Database::create(path).map_err(|source| match source {
+        // redb would format an empty file as a new store, silently dropping every session the
+        // pinned maps still hold at the next reconcile.
+        if existed && std::fs::metadata(path).is_ok_and(|metadata| metadata.len() == 0) {
+            return Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: "the file is empty".into(),
+            });
+        }
+        // redb 2 panics instead of returning an error on some truncated files.
+        let opened = std::panic::catch_unwind(|| Database::create(path)).map_err(|panic| {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "redb panicked while opening it".into());
+            StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail,
+            }
+        })?;
+        let db = opened.map_err(|source| match source {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyRunning {
                 path: path.to_path_buf(),
             },

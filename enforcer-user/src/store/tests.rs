@@ -225,3 +225,39 @@ fn expired_pending_login_is_rejected() {
     store.put_pending_login(&login).unwrap();
     assert_eq!(store.take_pending_login("s2", 2_000).unwrap(), None);
 }
+
+#[test]
+fn empty_file_is_rejected_not_formatted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    std::fs::write(&path, b"").unwrap();
+
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "the empty file was written"
+    );
+}
+
+#[test]
+fn truncated_file_is_reported_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.redb");
+    {
+        let (_dir, store) = open();
+        std::fs::copy(store.path(), &good).unwrap();
+    }
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.redb");
+    std::fs::write(&truncated, &bytes[..bytes.len().min(4096)]).unwrap();
+
+    let err = Store::open(&truncated).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, StoreError::Damaged { .. } | StoreError::Open { .. }),
+        "{message}"
+    );
+    assert!(message.contains("truncated.redb"), "{message}");
+}

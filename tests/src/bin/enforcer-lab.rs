@@ -113,9 +113,21 @@ async fn up(policy: PathBuf) -> anyhow::Result<()> {
     print_guide(&lab);
 
     let mut terminate = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+    let mut lab = lab;
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = ticker.tick() => {
+                if let Some(status) = lab.daemon_exited() {
+                    println!(
+                        "\nenforcer run exited with {status}; the pinned program keeps enforcing. Its log ends with:\n{}\nPress Ctrl-C to remove the lab.",
+                        lab.daemon_log_tail()
+                    );
+                }
+            }
+        }
     }
     println!("\nstopping the lab and removing its namespaces, pins and files");
     tokio::task::spawn_blocking(move || drop(lab))
@@ -161,18 +173,26 @@ Try, as root in another terminal:
   ip netns exec {client} sh -c 'echo hello | nc -u -w 1 {files} 7'
 
   # 4. Inspect and revoke:
-  enforcer session list
-  enforcer explain 192.0.2.10 {wiki} --protocol tcp --port 80
-  enforcer session revoke --user alice --issuer {issuer}
+  {enforcer} session list
+  {enforcer} explain 192.0.2.10 {wiki} --protocol tcp --port 80
+  {enforcer} session revoke --user alice --issuer {issuer}
 
   # 5. The step-up resource opens only after a sign-in with the one-time code:
   {me} signin alice --otp
   ip netns exec {client} curl -sS --max-time 3 http://{admin}/
 
+  # 6. Stop the daemon: the pinned program keeps enforcing. A restarted daemon adopts it
+  #    (nsenter, because `ip netns exec` remounts /sys and hides the bpffs pins):
+  pkill -TERM -f 'enforcer run --config {config}'
+  nsenter --net=/run/netns/{gateway} {enforcer} run --config {config} &
+
 Wait a minute after signing in: wiki expires and resets, files still passes.
 Press Ctrl-C to stop the lab and remove everything it created."#,
         log = lab.daemon_log().display(),
         socket = socket.display(),
+        enforcer = lab.options.enforcer.display(),
+        config = lab.config_path().display(),
+        gateway = lab.topology.gateway.name(),
     );
 }
 
