@@ -170,7 +170,7 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
 
     let reply_allowed = reply::allowed(&network, &packet);
     let config = config();
-    let decision = decide(link, &network, &packet.flow, rules, &config);
+    let decision = decide(link, &network, &packet, rules, &config);
     if packet.fragment == Fragment::First {
         record_fragment(&network, &packet, &decision);
     }
@@ -257,27 +257,38 @@ fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
 }
 
 /// Classifies a packet whose destination has a prefix entry: first matching rule, device,
-/// MAC binding, session.
+/// MAC binding, session. An ICMP error takes the first rule matching its quoted flow, or else
+/// the first rule matching it as a plain ICMP packet.
 #[inline(always)]
 fn decide(
     link: Link,
     network: &Network,
-    flow: &Flow,
+    packet: &Packet,
     rules: &PrefixRules,
     config: &Config,
 ) -> Decision {
+    let plain_icmp = Flow {
+        protocol: packet.protocol,
+        has_ports: false,
+        src_port: 0,
+        dst_port: 0,
+    };
     let mut matched: Option<ResourceRule> = None;
+    let mut matched_plain: Option<ResourceRule> = None;
     for index in 0..MAX_RULES_PER_PREFIX {
         if index as u32 >= rules.count {
             break;
         }
         let rule = rules.rules[index];
-        if rule_matches(&rule, flow) {
+        if rule_matches(&rule, &packet.flow) {
             matched = Some(rule);
             break;
         }
+        if packet.icmp_error && matched_plain.is_none() && rule_matches(&rule, &plain_icmp) {
+            matched_plain = Some(rule);
+        }
     }
-    let Some(rule) = matched else {
+    let Some(rule) = matched.or(matched_plain) else {
         return Decision::pass(
             counters::PASS_UNPROTECTED,
             UNKNOWN_DEVICE_ID,
@@ -390,6 +401,7 @@ fn deny_malformed(network: Option<&Network>) -> u32 {
                 src: [0; 16],
                 dst: [0; 16],
                 src_mac: [0; 6],
+                dst_mac: [0; 6],
             };
             punt(
                 &unknown,

@@ -59,6 +59,8 @@ pub struct Network {
     pub dst: [u8; 16],
     /// Source MAC address; zero on raw-IP links.
     pub src_mac: [u8; 6],
+    /// Destination MAC address, zero on raw-IP links.
+    pub dst_mac: [u8; 6],
 }
 
 /// Position of a packet in its datagram.
@@ -72,8 +74,9 @@ pub enum Fragment {
     Later,
 }
 
-/// What the classifier matches rules against. For an ICMP or ICMPv6 error it describes the
-/// quoted packet's flow seen from the client, so the error is classified as that flow.
+/// Flow the classifier matches rules against. For an ICMP or ICMPv6 error it describes the
+/// quoted packet's flow seen from the client, so the error is classified as that flow when a
+/// rule matches it, and as a plain ICMP packet otherwise.
 #[derive(Clone, Copy)]
 pub struct Flow {
     pub protocol: u8,
@@ -116,11 +119,13 @@ fn is_vlan(ethertype: u16) -> bool {
 #[inline(always)]
 pub fn network(ctx: &XdpContext, link: Link) -> Result<Option<Network>, Malformed> {
     let mut src_mac = [0u8; 6];
+    let mut dst_mac = [0u8; 6];
     let l3;
     let version;
     match link {
         Link::Ethernet => {
             let ethernet: [u8; ETH_HLEN] = read(ctx, 0).ok_or(Malformed)?;
+            dst_mac.copy_from_slice(&ethernet[..6]);
             src_mac.copy_from_slice(&ethernet[6..12]);
             let mut ethertype = u16::from_be_bytes([ethernet[12], ethernet[13]]);
             let mut offset = ETH_HLEN;
@@ -175,6 +180,7 @@ pub fn network(ctx: &XdpContext, link: Link) -> Result<Option<Network>, Malforme
         src,
         dst,
         src_mac,
+        dst_mac,
     }))
 }
 
@@ -187,7 +193,7 @@ pub fn transport(ctx: &XdpContext, network: &Network) -> Result<Packet, Malforme
         ipv6(ctx, network.l3)?
     };
     if packet.fragment != Fragment::Later {
-        upper_layer(ctx, &mut packet, network.version)?;
+        upper_layer(ctx, &mut packet, network)?;
     }
     Ok(packet)
 }
@@ -337,7 +343,7 @@ fn is_icmp_error(version: u8, protocol: u8, icmp_type: u8) -> bool {
 /// Requires the protocol's minimum header inside the datagram (this drops tiny first
 /// fragments), reads ports, and classifies ICMP errors by the packet they quote.
 #[inline(always)]
-fn upper_layer(ctx: &XdpContext, packet: &mut Packet, version: u8) -> Result<(), Malformed> {
+fn upper_layer(ctx: &XdpContext, packet: &mut Packet, network: &Network) -> Result<(), Malformed> {
     let (min_len, has_ports) = ip_protocol::l4_header(packet.protocol);
     if packet.l4 + min_len > packet.ip_end {
         return Err(Malformed);
@@ -358,22 +364,26 @@ fn upper_layer(ctx: &XdpContext, packet: &mut Packet, version: u8) -> Result<(),
     }
     if matches!(packet.protocol, ip_protocol::ICMP | ip_protocol::ICMPV6) {
         let icmp: [u8; 8] = read(ctx, packet.l4).ok_or(Malformed)?;
-        if is_icmp_error(version, packet.protocol, icmp[0]) {
+        if is_icmp_error(network.version, packet.protocol, icmp[0]) {
             packet.icmp_error = true;
-            packet.flow = quoted_flow(ctx, packet, version)?;
+            packet.flow = quoted_flow(ctx, packet, network)?;
         }
     }
     Ok(())
 }
 
 /// Reads the flow of the packet quoted by an ICMP error and returns it reversed: the quoted
-/// packet went from the resource to the client, the returned flow goes to the resource.
+/// packet went from the resource to the client, the returned flow goes to the resource. A
+/// quote whose addresses are not the outer ones swapped belongs to another flow and is
+/// malformed.
 #[inline(always)]
-fn quoted_flow(ctx: &XdpContext, packet: &Packet, version: u8) -> Result<Flow, Malformed> {
+fn quoted_flow(ctx: &XdpContext, packet: &Packet, network: &Network) -> Result<Flow, Malformed> {
     let inner = packet.l4 + 8;
     let protocol;
     let inner_l4;
-    if version == 4 {
+    let mut quoted_src = [0u8; 16];
+    let mut quoted_dst = [0u8; 16];
+    if network.version == 4 {
         if inner + 20 > packet.ip_end {
             return Err(Malformed);
         }
@@ -385,6 +395,8 @@ fn quoted_flow(ctx: &XdpContext, packet: &Packet, version: u8) -> Result<Flow, M
         }
         protocol = header[9];
         inner_l4 = inner + header_len;
+        quoted_src[..4].copy_from_slice(&header[12..16]);
+        quoted_dst[..4].copy_from_slice(&header[16..20]);
     } else {
         if inner + 40 > packet.ip_end {
             return Err(Malformed);
@@ -396,6 +408,16 @@ fn quoted_flow(ctx: &XdpContext, packet: &Packet, version: u8) -> Result<Flow, M
         }
         protocol = header[6];
         inner_l4 = inner + 40;
+        quoted_src = read(ctx, inner + 8).ok_or(Malformed)?;
+        quoted_dst = read(ctx, inner + 24).ok_or(Malformed)?;
+    }
+    let mut same_flow = true;
+    for index in 0..16 {
+        same_flow &=
+            quoted_src[index] == network.dst[index] && quoted_dst[index] == network.src[index];
+    }
+    if !same_flow {
+        return Err(Malformed);
     }
 
     let (_, has_ports) = ip_protocol::l4_header(protocol);

@@ -32,11 +32,16 @@ const HOP_LIMIT: u8 = 64;
 pub struct ReplyFailed;
 
 /// Returns whether a reject may reply to `packet` at all. No reply goes to a RST (RFC 793), an
-/// ICMP error (RFC 1122 3.2.2), or from or to a multicast, broadcast or unspecified address
+/// ICMP error (RFC 1122 3.2.2), a frame from or to a group (broadcast or multicast) MAC
+/// address, or from or to a multicast, broadcast, unspecified, loopback or class E address
 /// (RFC 1812 4.3.2.7).
 #[inline(always)]
 pub fn allowed(network: &Network, packet: &Packet) -> bool {
     if packet.tcp_reset || packet.icmp_error {
+        return false;
+    }
+    // Bit 0 of the first byte is the group bit. Raw-IP links have zero MACs.
+    if network.dst_mac[0] & 1 != 0 || network.src_mac[0] & 1 != 0 {
         return false;
     }
     if network.version == 4 {
@@ -49,18 +54,21 @@ pub fn allowed(network: &Network, packet: &Packet) -> bool {
 #[inline(always)]
 fn special_ipv4(address: &[u8; 16]) -> bool {
     let unspecified = address[0] == 0 && address[1] == 0 && address[2] == 0 && address[3] == 0;
-    let broadcast =
-        address[0] == 255 && address[1] == 255 && address[2] == 255 && address[3] == 255;
-    unspecified || broadcast || address[0] & 0xf0 == 0xe0
+    let loopback = address[0] == 127;
+    // 224.0.0.0/4 is multicast, and 240.0.0.0/4 is class E, which contains the broadcast
+    // address 255.255.255.255.
+    let multicast_or_class_e = address[0] >= 0xe0;
+    unspecified || loopback || multicast_or_class_e
 }
 
 #[inline(always)]
 fn special_ipv6(address: &[u8; 16]) -> bool {
-    let mut zero = true;
-    for byte in address {
-        zero &= *byte == 0;
+    let mut zero_prefix = true;
+    for byte in &address[..15] {
+        zero_prefix &= *byte == 0;
     }
-    zero || address[0] == 0xff
+    let unspecified_or_loopback = zero_prefix && address[15] <= 1;
+    unspecified_or_loopback || address[0] == 0xff
 }
 
 /// Rewrites the packet into its reply. Call only when `allowed` returned true.

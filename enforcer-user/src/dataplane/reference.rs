@@ -173,6 +173,7 @@ struct Network {
     src: [u8; 16],
     dst: [u8; 16],
     src_mac: [u8; 6],
+    dst_mac: [u8; 6],
 }
 
 impl Network {
@@ -225,9 +226,11 @@ fn be16(bytes: &[u8], offset: usize) -> u16 {
 
 fn network(frame: &[u8], link: LinkKind) -> Result<Option<Network>, Malformed> {
     let mut src_mac = [0u8; 6];
+    let mut dst_mac = [0u8; 6];
     let (l3, version) = match link {
         LinkKind::Ethernet => {
             let ethernet: [u8; ETH_HLEN] = bytes(frame, 0)?;
+            dst_mac.copy_from_slice(&ethernet[..6]);
             src_mac.copy_from_slice(&ethernet[6..12]);
             let mut ethertype = be16(&ethernet, 12);
             let mut offset = ETH_HLEN;
@@ -274,6 +277,7 @@ fn network(frame: &[u8], link: LinkKind) -> Result<Option<Network>, Malformed> {
         src,
         dst,
         src_mac,
+        dst_mac,
     }))
 }
 
@@ -305,7 +309,7 @@ fn transport(frame: &[u8], network: &Network) -> Result<Packet, Malformed> {
         ipv6(frame, network.l3)?
     };
     if packet.fragment != Fragment::Later {
-        upper_layer(frame, &mut packet, network.version)?;
+        upper_layer(frame, &mut packet, network)?;
     }
     Ok(packet)
 }
@@ -421,7 +425,7 @@ fn is_icmp_error(version: u8, protocol: u8, icmp_type: u8) -> bool {
     }
 }
 
-fn upper_layer(frame: &[u8], packet: &mut Packet, version: u8) -> Result<(), Malformed> {
+fn upper_layer(frame: &[u8], packet: &mut Packet, network: &Network) -> Result<(), Malformed> {
     let (min_len, has_ports) = ip_protocol::l4_header(packet.protocol);
     if packet.l4 + min_len > packet.ip_end {
         return Err(Malformed);
@@ -442,17 +446,21 @@ fn upper_layer(frame: &[u8], packet: &mut Packet, version: u8) -> Result<(), Mal
     }
     if matches!(packet.protocol, ip_protocol::ICMP | ip_protocol::ICMPV6) {
         let icmp: [u8; 8] = bytes(frame, packet.l4)?;
-        if is_icmp_error(version, packet.protocol, icmp[0]) {
+        if is_icmp_error(network.version, packet.protocol, icmp[0]) {
             packet.icmp_error = true;
-            packet.flow = quoted_flow(frame, packet, version)?;
+            packet.flow = quoted_flow(frame, packet, network)?;
         }
     }
     Ok(())
 }
 
-fn quoted_flow(frame: &[u8], packet: &Packet, version: u8) -> Result<Flow, Malformed> {
+/// Reads the reversed flow of the packet an ICMP error quotes. A quote whose addresses are not
+/// the outer ones swapped is malformed.
+fn quoted_flow(frame: &[u8], packet: &Packet, network: &Network) -> Result<Flow, Malformed> {
     let inner = packet.l4 + 8;
-    let (protocol, inner_l4) = if version == 4 {
+    let mut quoted_src = [0u8; 16];
+    let mut quoted_dst = [0u8; 16];
+    let (protocol, inner_l4) = if network.version == 4 {
         if inner + 20 > packet.ip_end {
             return Err(Malformed);
         }
@@ -462,6 +470,8 @@ fn quoted_flow(frame: &[u8], packet: &Packet, version: u8) -> Result<Flow, Malfo
         if header[0] >> 4 != 4 || header_len < 20 || later_fragment {
             return Err(Malformed);
         }
+        quoted_src[..4].copy_from_slice(&header[12..16]);
+        quoted_dst[..4].copy_from_slice(&header[16..20]);
         (header[9], inner + header_len)
     } else {
         if inner + 40 > packet.ip_end {
@@ -471,8 +481,13 @@ fn quoted_flow(frame: &[u8], packet: &Packet, version: u8) -> Result<Flow, Malfo
         if header[0] >> 4 != 6 || ip_protocol::is_ipv6_extension(header[6]) {
             return Err(Malformed);
         }
+        quoted_src = bytes(frame, inner + 8)?;
+        quoted_dst = bytes(frame, inner + 24)?;
         (header[6], inner + 40)
     };
+    if quoted_src != network.dst || quoted_dst != network.src {
+        return Err(Malformed);
+    }
 
     let (_, has_ports) = ip_protocol::l4_header(protocol);
     let mut flow = Flow {
@@ -581,7 +596,7 @@ impl Run<'_> {
             return self.later_fragment(&network, &packet);
         }
 
-        let decision = self.decide(link, &network, &packet.flow, rules);
+        let decision = self.decide(link, &network, &packet, rules);
         if packet.fragment == Fragment::First {
             self.record_fragment(&network, &packet, &decision);
         }
@@ -619,14 +634,27 @@ impl Run<'_> {
         &self,
         link: LinkKind,
         network: &Network,
-        flow: &Flow,
+        packet: &Packet,
         rules: &PrefixRules,
     ) -> Decision {
         let count = (rules.count as usize).min(MAX_RULES_PER_PREFIX);
-        let Some(rule) = rules.rules[..count]
+        let rules = &rules.rules[..count];
+        // An ICMP error that matches no rule by its quoted flow is classified as the plain
+        // ICMP packet it is.
+        let plain_icmp = Flow {
+            protocol: packet.protocol,
+            ..Flow::default()
+        };
+        let matched = rules
             .iter()
-            .find(|rule| rule_matches(rule, flow))
-        else {
+            .find(|rule| rule_matches(rule, &packet.flow))
+            .or_else(|| {
+                packet
+                    .icmp_error
+                    .then(|| rules.iter().find(|rule| rule_matches(rule, &plain_icmp)))
+                    .flatten()
+            });
+        let Some(rule) = matched else {
             return Decision::pass(
                 counters::PASS_UNPROTECTED,
                 UNKNOWN_DEVICE_ID,
@@ -705,6 +733,7 @@ impl Run<'_> {
             src: [0; 16],
             dst: [0; 16],
             src_mac: [0; 6],
+            dst_mac: [0; 6],
         };
         let ids = (UNKNOWN_DEVICE_ID, UNKNOWN_RESOURCE_ID);
         self.send_punt(
@@ -773,8 +802,8 @@ fn fragment_key(network: &Network, packet: &Packet) -> FragmentKey {
 }
 
 /// Returns whether a reject may reply to the packet: never a RST (RFC 793), never an ICMP
-/// error (RFC 1122 3.2.2), and never from or to a multicast, broadcast or unspecified
-/// address (RFC 1812 4.3.2.7).
+/// error (RFC 1122 3.2.2), never a frame from or to a group MAC address, and never from or
+/// to a multicast, broadcast, unspecified, loopback or class E address (RFC 1812 4.3.2.7).
 fn reply_allowed(network: &Network, packet: &Packet) -> bool {
     if packet.tcp_reset || packet.icmp_error {
         return false;
@@ -782,13 +811,16 @@ fn reply_allowed(network: &Network, packet: &Packet) -> bool {
     let special = |address: &[u8; 16]| {
         if network.version == 4 {
             let v4 = std::net::Ipv4Addr::new(address[0], address[1], address[2], address[3]);
-            v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast()
+            // 240.0.0.0/4 (class E) contains the broadcast address.
+            v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.octets()[0] >= 240
         } else {
             let v6 = std::net::Ipv6Addr::from(*address);
-            v6.is_unspecified() || v6.is_multicast()
+            v6.is_unspecified() || v6.is_loopback() || v6.is_multicast()
         }
     };
-    !special(&network.src) && !special(&network.dst)
+    // Bit 0 of the first MAC byte is the group (broadcast or multicast) bit.
+    let group_mac = network.dst_mac[0] & 1 != 0 || network.src_mac[0] & 1 != 0;
+    !group_mac && !special(&network.src) && !special(&network.dst)
 }
 
 fn build_reply(frame: &[u8], network: &Network, packet: &Packet) -> Option<Vec<u8>> {
@@ -922,6 +954,7 @@ mod tests {
             src: [192, 0, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             dst: [198, 51, 100, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             src_mac: [0; 6],
+            dst_mac: [0; 6],
         };
         let header = ip_header(&network, ip_protocol::TCP, 20);
         assert_eq!(checksum::finish(checksum::add(0, &header)), 0);
