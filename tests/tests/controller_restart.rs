@@ -238,11 +238,10 @@ fn daemon_with_other_store_cannot_take_pins() {
     std::fs::write(&other_path, other).unwrap();
 
     let denied_before = !lab.ping_from(CLIENT);
-    let enforcer =
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_enforcer-lab")).with_file_name("enforcer");
+    let enforcer = controller_support::ENFORCER;
     let second = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lab.gateway.name()))
-        .arg(&enforcer)
+        .arg(enforcer)
         .args(["run", "--config"])
         .arg(&other_path)
         .output()

@@ -178,7 +178,7 @@ fn lab_options(prefix: &str) -> LabOptions {
         state_dir,
         pin_root: PathBuf::from(format!("/sys/fs/bpf/{prefix}pins")),
         policy,
-        enforcer: PathBuf::from(env!("CARGO_BIN_EXE_enforcer-lab")).with_file_name("enforcer"),
+        enforcer: PathBuf::from(env!("CARGO_BIN_EXE_enforcer-under-test")),
         lab_binary: PathBuf::from(env!("CARGO_BIN_EXE_enforcer-lab")),
         webhook_url: Some(format!("http://127.0.0.1:{WEBHOOK_PORT}/hook")),
         notify_interval_secs: Some(5),
