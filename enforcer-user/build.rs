@@ -3,7 +3,7 @@
 //!
 //! When `AYA_BUILD_SKIP=1` is set, or bpf-linker or Debian's rustc is missing, it writes an empty
 //! object instead, so `cargo check` and the unit tests work on any machine; loading that object
-//! at run time fails with an error that says how to rebuild.
+//! at run time fails with an error that explains how to rebuild.
 
 use std::{env, fs, path::PathBuf, process::Command};
 

@@ -57,13 +57,13 @@ pub struct DeviceEntry {
 /// The device's address is accepted only from `DeviceEntry::mac` (Ethernet interfaces only).
 pub const DEVICE_FLAG_MAC_BOUND: u32 = 1;
 
-/// What the program does with a packet to a protected resource that has no live session.
+/// Action for a packet to a protected resource that has no live session.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Drop silently.
     Drop = 0,
-    /// Answer with a TCP RST, or ICMP / ICMPv6 "administratively prohibited", and drop.
+    /// Reply with a TCP RST, or ICMP / ICMPv6 "administratively prohibited", and drop.
     Reject = 1,
 }
 
@@ -129,7 +129,7 @@ pub struct SessionValue {
     pub expires_at_boot_ns: u64,
 }
 
-/// Why a packet was denied (or, in monitor mode, would have been).
+/// Reason a packet was denied (or, in monitor mode, would have been).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -252,7 +252,7 @@ pub mod counters {
     pub const DENY_MALFORMED: u32 = 7;
     pub const DENY_WRONG_MAC: u32 = 8;
     pub const DENY_FRAGMENT: u32 = 9;
-    /// A deny answered with a TCP RST or an ICMP error sent with XDP_TX.
+    /// A deny replied to with a TCP RST or an ICMP error sent with XDP_TX.
     pub const REJECT_SENT: u32 = 10;
     /// A deny whose action was reject, but no reply could be built: dropped instead.
     pub const REJECT_FAILED: u32 = 11;

@@ -235,7 +235,7 @@ pub struct Lab {
 
 impl Lab {
     /// Removes what an earlier lab with these options left behind, then builds and starts a
-    /// new one, returning once the daemon answers on its admin socket.
+    /// new one, returning once the daemon responds on its admin socket.
     pub fn start(options: LabOptions) -> anyhow::Result<Self> {
         remove_dir(&options.pin_root);
         remove_dir(&options.state_dir);

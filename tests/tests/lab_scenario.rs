@@ -94,7 +94,7 @@ fn start_webhook_receiver(gateway: &Netns, stop: Arc<AtomicBool>) -> Notificatio
     received
 }
 
-/// Reads one HTTP request, answers 204 and returns its JSON body.
+/// Reads one HTTP request, replies 204 and returns its JSON body.
 fn read_http_body(stream: TcpStream) -> Option<serde_json::Value> {
     stream.set_nonblocking(false).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -137,7 +137,7 @@ fn echo_tcp(stream: &mut TcpStream, message: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buffer).into_owned())
 }
 
-/// A UDP socket in the client namespace connected to `target`.
+/// Creates a UDP socket in the client namespace, connected to `target`.
 fn udp_flow(client: &Netns, target: SocketAddr) -> UdpSocket {
     let _inside = client.enter().unwrap();
     let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -257,7 +257,7 @@ fn lab_scenario_enforces_reauthentication() {
     );
 
     // The short session expires while the wiki connection is open: its next packet is reset,
-    // and the resource never sees it, while files still passes on TCP and UDP.
+    // and the resource never receives it, while files still passes on TCP and UDP.
     let expiry = signed_in_at + Duration::from_secs(WIKI_SESSION_SECS + 1);
     sleep(expiry.saturating_duration_since(Instant::now()));
     let notified_before_expiry = notifications.lock().unwrap().len();
