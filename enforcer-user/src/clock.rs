@@ -113,11 +113,29 @@ impl Clock for ManualClock {
 /// `now.boot_ns`, and never later than the boot-time expiry would have been. Returns 0 (already
 /// expired) when no time is left.
 pub fn expiry_boot_ns(start: &Instant, duration: Duration, now: &Instant) -> u64 {
+    expiry_boot_ns_of(
+        start.wall_unix_ns,
+        start.boot_ns,
+        &start.boot_id,
+        duration,
+        now,
+    )
+}
+
+/// `expiry_boot_ns` for a start given by its wall time, boot time and boot id, as a stored
+/// session view holds them.
+pub fn expiry_boot_ns_of(
+    start_wall_unix_ns: u64,
+    start_boot_ns: u64,
+    start_boot_id: &str,
+    duration: Duration,
+    now: &Instant,
+) -> u64 {
     let duration_ns = duration.as_nanos() as u64;
-    if start.boot_id == now.boot_id {
-        return start.boot_ns.saturating_add(duration_ns);
+    if start_boot_id == now.boot_id {
+        return start_boot_ns.saturating_add(duration_ns);
     }
-    let expires_wall = start.wall_unix_ns.saturating_add(duration_ns);
+    let expires_wall = start_wall_unix_ns.saturating_add(duration_ns);
     let remaining = expires_wall.saturating_sub(now.wall_unix_ns);
     if remaining == 0 {
         return 0;

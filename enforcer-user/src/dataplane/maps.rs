@@ -22,6 +22,16 @@ pub trait KernelMaps {
     fn prefixes(&self) -> Result<Vec<(IpNet, PrefixRules)>, DataplaneError>;
 
     fn set_session(&mut self, key: SessionKey, value: SessionValue) -> Result<(), DataplaneError>;
+    /// Writes every entry of `entries`; on failure some of them may be written.
+    fn set_sessions(
+        &mut self,
+        entries: &[(SessionKey, SessionValue)],
+    ) -> Result<(), DataplaneError> {
+        for (key, value) in entries {
+            self.set_session(*key, *value)?;
+        }
+        Ok(())
+    }
     fn remove_session(&mut self, key: SessionKey) -> Result<(), DataplaneError>;
     fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>, DataplaneError>;
     /// Returns the session of `key`, without dumping the map as `sessions` does.

@@ -1,6 +1,7 @@
 //! The kernel side as user space sees it: the embedded XDP object, loading and attaching it,
 //! and typed access to its maps.
 
+mod batch;
 pub mod bench_objects;
 pub mod maps;
 pub mod pins;
@@ -8,7 +9,7 @@ pub mod punts;
 pub mod reference;
 pub mod xdp_mode;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, os::fd::AsFd as _};
 
 use ipnet::IpNet;
 
@@ -394,6 +395,45 @@ impl maps::KernelMaps for Dataplane {
             self.map_mut(map_names::SESSIONS)?;
         map.insert(key, value, 0)
             .map_err(|source| insert_error(map_names::SESSIONS, capacity, source))
+    }
+
+    fn set_sessions(
+        &mut self,
+        entries: &[(SessionKey, SessionValue)],
+    ) -> Result<(), DataplaneError> {
+        let capacity = maps::KernelMaps::session_capacity(self);
+        let fd = match self.maps.get(map_names::SESSIONS) {
+            Some(Map::HashMap(data)) => data.fd().as_fd(),
+            Some(_) | None => {
+                return Err(DataplaneError::MissingMap {
+                    name: map_names::SESSIONS,
+                });
+            }
+        };
+        let written = match batch::update_sessions(fd, entries) {
+            Ok(()) => return Ok(()),
+            Err((err, _)) if err.raw_os_error() == Some(libc::E2BIG) => {
+                return Err(DataplaneError::MapFull {
+                    name: map_names::SESSIONS,
+                    capacity,
+                });
+            }
+            Err((err, written)) if err.raw_os_error() == Some(libc::EINVAL) => written,
+            Err((err, _)) => {
+                return Err(map_error(
+                    map_names::SESSIONS,
+                    aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error: err,
+                    }),
+                ));
+            }
+        };
+        // NOTE: EINVAL also stands for an invalid entry, which the single writes report.
+        for (key, value) in &entries[written..] {
+            self.set_session(*key, *value)?;
+        }
+        Ok(())
     }
 
     fn remove_session(&mut self, key: SessionKey) -> Result<(), DataplaneError> {

@@ -12,13 +12,13 @@ use ipnet::IpNet;
 
 use super::{EXPIRED_RETENTION, Engine, EngineError};
 use crate::{
-    clock::{Instant, expiry_boot_ns},
+    clock::{Instant, expiry_boot_ns_of},
     config::LinkKind,
     dataplane::maps::KernelMaps,
-    policy::{Policy, Principal, compile_prefixes},
+    policy::{Policy, Principal, Resource, compile_prefixes},
     store::{
-        AuditEntry, AuditKind, DeviceRecord, EnrollmentSource, GrantSource, NewDevice,
-        SessionRecord, Store, StoreError,
+        AuditEntry, AuditKind, DeviceRecord, EnrollmentSource, NewDevice, SessionView, Store,
+        StoreError, UserRecord,
     },
 };
 
@@ -35,13 +35,15 @@ pub struct ReconcileReport {
     pub sessions_purged: usize,
 }
 
-/// Kernel session entries to write, and the (device, resource) pairs to purge from the store.
-pub(crate) type DesiredSessions = (BTreeMap<SessionKey, SessionValue>, Vec<(u32, u32)>);
+/// Kernel session entries to write, sorted by key, and the (device, resource) pairs to purge
+/// from the store.
+pub(crate) type DesiredSessions = (Vec<(SessionKey, SessionValue)>, Vec<(u32, u32)>);
 
 impl<M: KernelMaps> Engine<M> {
     /// Writes the kernel maps from the store and the policy, and removes every entry that
     /// neither of them accounts for.
     pub fn reconcile(&mut self) -> Result<ReconcileReport, EngineError> {
+        let started = std::time::Instant::now();
         sync_policy_devices(&self.store, &self.policy)?;
         let mut report = ReconcileReport::default();
 
@@ -54,6 +56,7 @@ impl<M: KernelMaps> Engine<M> {
         let desired_devices = device_entries(&self.store.devices()?, self.link_kind);
         let now = self.clock.now();
         let (desired_sessions, purge) = self.desired_sessions(&now)?;
+        let read_store = started.elapsed();
 
         self.maps.set_config(common::Config {
             punt_interval_ns: self.policy.punt_interval.as_nanos() as u64,
@@ -61,10 +64,14 @@ impl<M: KernelMaps> Engine<M> {
         })?;
         let current_devices: HashMap<IpAddr, DeviceEntry> =
             self.maps.devices()?.into_iter().collect();
+        // NOTE: reading a full session map back costs two syscalls per entry, because aya 0.14
+        // has no batched lookup. A restart that adopts pinned maps of a million sessions pays
+        // that (not measured here); a start with empty maps reads nothing.
         let current_sessions: HashMap<SessionKey, SessionValue> =
             self.maps.sessions()?.into_iter().collect();
         let current_prefixes: HashMap<IpNet, common::PrefixRules> =
             self.maps.prefixes()?.into_iter().collect();
+        let read_kernel = started.elapsed();
 
         for (address, entry) in &desired_devices {
             if current_devices.get(address) != Some(entry) {
@@ -72,18 +79,20 @@ impl<M: KernelMaps> Engine<M> {
                 report.devices_written += 1;
             }
         }
-        for (key, value) in &desired_sessions {
-            if current_sessions.get(key) != Some(value) {
-                self.maps.set_session(*key, *value)?;
-                report.sessions_written += 1;
-            }
-        }
+        let changed_sessions: Vec<(SessionKey, SessionValue)> = desired_sessions
+            .iter()
+            .filter(|(key, value)| current_sessions.get(key) != Some(value))
+            .copied()
+            .collect();
+        self.maps.set_sessions(&changed_sessions)?;
+        report.sessions_written = changed_sessions.len();
         for (prefix, rules) in &desired_prefixes {
             if current_prefixes.get(prefix) != Some(rules) {
                 self.maps.set_prefix(*prefix, *rules)?;
                 report.prefixes_written += 1;
             }
         }
+        let wrote_kernel = started.elapsed();
 
         for prefix in current_prefixes.keys() {
             if !desired_prefixes.contains_key(prefix) {
@@ -92,7 +101,10 @@ impl<M: KernelMaps> Engine<M> {
             }
         }
         for key in current_sessions.keys() {
-            if !desired_sessions.contains_key(key) {
+            let desired = desired_sessions
+                .binary_search_by_key(key, |(desired, _)| *desired)
+                .is_ok();
+            if !desired {
                 self.maps.remove_session(*key)?;
                 report.sessions_removed += 1;
             }
@@ -106,12 +118,16 @@ impl<M: KernelMaps> Engine<M> {
 
         if !purge.is_empty() {
             let mut txn = self.store.begin_write()?;
-            let removed = txn.remove_sessions(|session| {
-                purge.contains(&(session.device_id, session.resource_id))
-            })?;
+            report.sessions_purged = txn.remove_session_keys(&purge)?;
             txn.commit()?;
-            report.sessions_purged = removed.len();
         }
+        tracing::debug!(
+            read_store_ms = read_store.as_millis() as u64,
+            read_kernel_ms = (read_kernel - read_store).as_millis() as u64,
+            write_kernel_ms = (wrote_kernel - read_kernel).as_millis() as u64,
+            remove_and_purge_ms = (started.elapsed() - wrote_kernel).as_millis() as u64,
+            "reconcile phases"
+        );
         tracing::info!(
             devices_written = report.devices_written,
             devices_removed = report.devices_removed,
@@ -120,80 +136,157 @@ impl<M: KernelMaps> Engine<M> {
             sessions_written = report.sessions_written,
             sessions_removed = report.sessions_removed,
             sessions_purged = report.sessions_purged,
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "reconciled kernel maps"
         );
         Ok(report)
     }
 
     /// Computes the kernel entry of every committed session the policy still allows, and the
-    /// sessions that expired more than `EXPIRED_RETENTION` ago.
+    /// sessions that expired more than `EXPIRED_RETENTION` ago, in one pass over the store.
     pub(crate) fn desired_sessions(&self, now: &Instant) -> Result<DesiredSessions, EngineError> {
-        let mut desired = BTreeMap::new();
+        let lookups = PolicyLookups::load(self)?;
+        let mut desired = Vec::new();
         let mut purge = Vec::new();
         let retention_ns = EXPIRED_RETENTION.as_nanos() as u64;
-        for session in self.store.sessions()? {
-            let Some(expires_at_boot_ns) = self.session_expiry(&session, now)? else {
-                continue;
+        self.store.for_each_session(|session| {
+            let Some(expires_at_boot_ns) = lookups.session_expiry(&session, now) else {
+                return Ok::<(), EngineError>(());
             };
             if expires_at_boot_ns.saturating_add(retention_ns) <= now.boot_ns {
                 purge.push((session.device_id, session.resource_id));
-                continue;
+                return Ok(());
             }
             let key = SessionKey {
                 device_id: session.device_id,
                 resource_id: session.resource_id,
             };
-            desired.insert(key, SessionValue { expires_at_boot_ns });
+            desired.push((key, SessionValue { expires_at_boot_ns }));
+            Ok(())
+        })?;
+        // The store iterates in (device id, resource id) order, the order of `SessionKey`.
+        if !desired.is_sorted_by_key(|(key, _)| *key) {
+            desired.sort_unstable_by_key(|(key, _)| *key);
         }
         Ok((desired, purge))
+    }
+}
+
+/// The store and policy data that decides whether a stored session is still allowed, read
+/// once per reconcile instead of once per session.
+struct PolicyLookups<'a> {
+    policy: &'a Policy,
+    resources: HashMap<u32, &'a Resource>,
+    /// Device id to the principal that `Engine::device_allowed` judges: the device's last
+    /// signed-in user, or its owner before any sign-in, or `None` for neither.
+    device_principals: HashMap<u32, Option<OwnedPrincipal>>,
+    /// Issuer, then subject, to the user record.
+    users: HashMap<String, HashMap<String, UserRecord>>,
+}
+
+struct OwnedPrincipal {
+    subject: String,
+    email: Option<String>,
+    groups: Vec<String>,
+}
+
+impl OwnedPrincipal {
+    fn borrow(&self) -> Principal<'_> {
+        Principal {
+            subject: &self.subject,
+            email: self.email.as_deref(),
+            groups: &self.groups,
+        }
+    }
+}
+
+impl<'a> PolicyLookups<'a> {
+    fn load<M: KernelMaps>(engine: &'a Engine<M>) -> Result<Self, EngineError> {
+        let resources = engine
+            .resource_ids
+            .iter()
+            .filter_map(|(name, id)| Some((*id, engine.policy.resource(name)?)))
+            .collect();
+        let mut users: HashMap<String, HashMap<String, UserRecord>> = HashMap::new();
+        for user in engine.store.users()? {
+            users
+                .entry(user.key.issuer.clone())
+                .or_default()
+                .insert(user.key.subject.clone(), user);
+        }
+        let authentications: HashMap<u32, _> =
+            engine.store.authentications()?.into_iter().collect();
+        let mut device_principals = HashMap::new();
+        for device in engine.store.devices()? {
+            let user = authentications.get(&device.id).and_then(|auth| {
+                users
+                    .get(&auth.user.issuer)
+                    .and_then(|subjects| subjects.get(&auth.user.subject))
+            });
+            let principal = match (user, &device.owner) {
+                (Some(user), _) => Some(OwnedPrincipal {
+                    subject: user.key.subject.clone(),
+                    email: user.email.clone(),
+                    groups: user.groups.clone(),
+                }),
+                (None, Some(owner)) => Some(OwnedPrincipal {
+                    subject: owner.clone(),
+                    email: Some(owner.clone()),
+                    groups: Vec::new(),
+                }),
+                (None, None) => None,
+            };
+            device_principals.insert(device.id, principal);
+        }
+        Ok(Self {
+            policy: &engine.policy,
+            resources,
+            device_principals,
+            users,
+        })
     }
 
     /// Returns the boot-time expiry of `session` under the current policy, or `None` when the
     /// policy no longer allows the pair.
-    pub(crate) fn session_expiry(
-        &self,
-        session: &SessionRecord,
-        now: &Instant,
-    ) -> Result<Option<u64>, EngineError> {
-        let Some(resource) = self.resource_by_id(session.resource_id) else {
-            return Ok(None);
-        };
-        let duration = match &session.source {
-            GrantSource::Admin { duration_secs, .. } => {
-                let Some(device) = self.store.device(session.device_id)? else {
-                    return Ok(None);
-                };
-                if !self.device_allowed(&device, resource)? {
-                    return Ok(None);
+    fn session_expiry(&self, session: &SessionView<'_>, now: &Instant) -> Option<u64> {
+        let resource = *self.resources.get(&session.resource_id)?;
+        let duration = match session.admin {
+            Some((_, duration_secs)) => {
+                let principal = self.device_principals.get(&session.device_id)?.as_ref()?;
+                if !resource.allows(&principal.borrow()) {
+                    return None;
                 }
-                std::time::Duration::from_secs(*duration_secs)
+                std::time::Duration::from_secs(duration_secs)
             }
-            GrantSource::SignIn => {
-                let Some(user_key) = &session.user else {
-                    return Ok(None);
-                };
-                let Some(user) = self.store.user(user_key)? else {
-                    return Ok(None);
-                };
+            None => {
+                let (issuer, subject) = session.user?;
+                let user = self.users.get(issuer)?.get(subject)?;
                 let principal = Principal {
                     subject: &user.key.subject,
                     email: user.email.as_deref(),
                     groups: &user.groups,
                 };
                 if !resource.allows(&principal) {
-                    return Ok(None);
+                    return None;
                 }
-                if resource.step_up
-                    && !self
-                        .policy
-                        .is_multi_factor(&session.amr, session.acr.as_deref())
-                {
-                    return Ok(None);
+                if resource.step_up && !self.is_multi_factor(session) {
+                    return None;
                 }
                 resource.session
             }
         };
-        Ok(Some(expiry_boot_ns(&session.start, duration, now)))
+        Some(expiry_boot_ns_of(
+            session.start_wall_unix_ns,
+            session.start_boot_ns,
+            session.start_boot_id,
+            duration,
+            now,
+        ))
+    }
+
+    fn is_multi_factor(&self, session: &SessionView<'_>) -> bool {
+        let amr: Vec<String> = session.amr().map(str::to_owned).collect();
+        self.policy.is_multi_factor(&amr, session.acr)
     }
 }
 

@@ -89,6 +89,19 @@ impl Store {
         Ok(users)
     }
 
+    /// Returns the last successful authentication of every device that has one, by device id.
+    pub fn authentications(&self) -> Result<Vec<(u32, AuthRecord)>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(AUTHENTICATIONS)?;
+        let mut authentications = Vec::new();
+        for entry in table.iter()? {
+            let (id, value) = entry?;
+            let id = id.value();
+            authentications.push((id, decode("authentications", id, value.value())?));
+        }
+        Ok(authentications)
+    }
+
     /// Returns the last successful authentication on device `id`.
     pub fn authentication(&self, id: u32) -> Result<Option<AuthRecord>, StoreError> {
         let txn = self.begin_read()?;

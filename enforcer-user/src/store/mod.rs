@@ -6,6 +6,7 @@
 //! commits all of its changes and its audit entries at once, or none of them.
 
 pub mod devices;
+mod encoding;
 mod logins;
 pub mod records;
 mod sessions;
@@ -18,12 +19,14 @@ use std::{
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
 pub use devices::NewDevice;
+pub use encoding::SessionView;
 pub use logins::PendingLogin;
 pub use records::*;
 
 /// Version of the table layout. Bump it, and add a migration in `migrate`, when a table's key
-/// or value type changes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// or value type or a value's encoding changes. Version 1 stored sessions as JSON; version 2
+/// stores them in the binary layout of `encoding`.
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const USERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("users");
@@ -32,7 +35,7 @@ const DEVICE_NAMES: TableDefinition<&str, u32> = TableDefinition::new("device_na
 /// Device address (4 or 16 bytes) to device id.
 const ADDRESSES: TableDefinition<&[u8], u32> = TableDefinition::new("addresses");
 const AUTHENTICATIONS: TableDefinition<u32, &[u8]> = TableDefinition::new("authentications");
-/// (device id, resource id) to `SessionRecord`.
+/// (device id, resource id) to `SessionRecord`, encoded by `encoding::encode_session`.
 const SESSIONS: TableDefinition<(u32, u32), &[u8]> = TableDefinition::new("sessions");
 const RESOURCE_IDS: TableDefinition<&str, u32> = TableDefinition::new("resource_ids");
 /// Login `state` parameter to `PendingLogin`.
@@ -77,6 +80,12 @@ pub enum StoreError {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("store record {table}/{key} is unreadable: {detail}; restore the store from a backup")]
+    Malformed {
+        table: &'static str,
+        key: String,
+        detail: String,
     },
     #[error("{what} not found")]
     NotFound { what: String },
@@ -175,7 +184,16 @@ impl Store {
                     found,
                 });
             }
-            Some(found) => migrate(&txn, found)?,
+            Some(found) => {
+                let sessions = migrate(&txn, found)?;
+                tracing::info!(
+                    store = %self.path.display(),
+                    from = found,
+                    to = SCHEMA_VERSION,
+                    sessions,
+                    "migrated the store to the current schema version"
+                );
+            }
             None if existed && has_tables(&txn)? => {
                 return Err(StoreError::NotAStore {
                     path: self.path.clone(),
@@ -318,12 +336,30 @@ fn has_tables(txn: &redb::WriteTransaction) -> Result<bool, StoreError> {
     Ok(txn.list_tables()?.any(|table| table.name() != META.name()))
 }
 
-/// Upgrades a store of schema version `found` to `SCHEMA_VERSION` inside `txn`.
-fn migrate(_txn: &redb::WriteTransaction, found: u64) -> Result<(), StoreError> {
-    // Version 1 is the first layout, so any older version is unknown.
-    Err(StoreError::Conflict(format!(
-        "store schema version {found} is older than any enforcer release ({SCHEMA_VERSION} is the first); move the file away to start with an empty store"
-    )))
+/// Upgrades a store of schema version `found` to `SCHEMA_VERSION` inside `txn` and returns
+/// the number of sessions it re-encoded. The caller commits `txn` once, so a crash during the
+/// migration leaves the store at version `found`.
+fn migrate(txn: &redb::WriteTransaction, found: u64) -> Result<u64, StoreError> {
+    if found != 1 {
+        // Version 1 is the first layout, so any older version is unknown.
+        return Err(StoreError::Conflict(format!(
+            "store schema version {found} is older than any enforcer release (1 is the first); move the file away to start with an empty store"
+        )));
+    }
+    let mut table = txn.open_table(SESSIONS)?;
+    let mut rows = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let record: SessionRecord = decode("sessions", key.value(), value.value())?;
+        rows.push(record);
+    }
+    for record in &rows {
+        let bytes = encoding::encode_session(record)?;
+        table.insert((record.device_id, record.resource_id), bytes.as_slice())?;
+    }
+    drop(table);
+    txn.open_table(META)?.insert(META_SCHEMA, SCHEMA_VERSION)?;
+    Ok(rows.len() as u64)
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -2,18 +2,36 @@
 
 use redb::ReadableTable;
 
-use super::{SESSIONS, SessionRecord, Store, StoreError, StoreWrite, decode, encode};
+use super::{
+    SESSIONS, SessionRecord, Store, StoreError, StoreWrite,
+    encoding::{SessionView, encode_session},
+};
 
 impl Store {
+    /// Calls `visit` with every committed session, ordered by (device id, resource id), in
+    /// one read transaction. The views borrow the stored bytes, so reading a row allocates
+    /// nothing.
+    pub fn for_each_session<E: From<StoreError>>(
+        &self,
+        mut visit: impl FnMut(SessionView<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(SESSIONS).map_err(StoreError::from)?;
+        for entry in table.iter().map_err(StoreError::from)? {
+            let (key, value) = entry.map_err(StoreError::from)?;
+            let (device_id, resource_id) = key.value();
+            visit(SessionView::decode(device_id, resource_id, value.value())?)?;
+        }
+        Ok(())
+    }
+
     /// Returns every committed session, ordered by (device id, resource id).
     pub fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        let txn = self.begin_read()?;
-        let table = txn.open_table(SESSIONS)?;
         let mut sessions = Vec::new();
-        for entry in table.iter()? {
-            let (key, value) = entry?;
-            sessions.push(decode("sessions", key.value(), value.value())?);
-        }
+        self.for_each_session(|session| {
+            sessions.push(session.to_record());
+            Ok::<(), StoreError>(())
+        })?;
         Ok(sessions)
     }
 
@@ -24,21 +42,27 @@ impl Store {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let txn = self.begin_read()?;
         let table = txn.open_table(SESSIONS)?;
-        table
-            .get((device_id, resource_id))?
-            .map(|value| decode("sessions", (device_id, resource_id), value.value()))
-            .transpose()
+        let Some(value) = table.get((device_id, resource_id))? else {
+            return Ok(None);
+        };
+        let view = SessionView::decode(device_id, resource_id, value.value())?;
+        Ok(Some(view.to_record()))
     }
 }
 
 impl StoreWrite {
     /// Inserts or replaces a session.
     pub fn put_session(&mut self, session: &SessionRecord) -> Result<(), StoreError> {
+        self.put_sessions(std::slice::from_ref(session))
+    }
+
+    /// Inserts or replaces every session of `sessions`, opening the table once.
+    pub fn put_sessions(&mut self, sessions: &[SessionRecord]) -> Result<(), StoreError> {
         let mut table = self.txn.open_table(SESSIONS)?;
-        table.insert(
-            (session.device_id, session.resource_id),
-            encode(session).as_slice(),
-        )?;
+        for session in sessions {
+            let bytes = encode_session(session)?;
+            table.insert((session.device_id, session.resource_id), bytes.as_slice())?;
+        }
         Ok(())
     }
 
@@ -51,13 +75,27 @@ impl StoreWrite {
         let mut removed = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            let session: SessionRecord = decode("sessions", key.value(), value.value())?;
+            let (device_id, resource_id) = key.value();
+            let session = SessionView::decode(device_id, resource_id, value.value())?.to_record();
             if select(&session) {
                 removed.push(session);
             }
         }
         for session in &removed {
             table.remove((session.device_id, session.resource_id))?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes the sessions of the (device id, resource id) pairs `keys` and returns how many
+    /// existed.
+    pub fn remove_session_keys(&mut self, keys: &[(u32, u32)]) -> Result<usize, StoreError> {
+        let mut table = self.txn.open_table(SESSIONS)?;
+        let mut removed = 0;
+        for key in keys {
+            if table.remove(*key)?.is_some() {
+                removed += 1;
+            }
         }
         Ok(removed)
     }

@@ -46,7 +46,7 @@ fn newer_schema_is_rejected() {
     }
     let err = Store::open(&path).unwrap_err();
     assert!(
-        matches!(err, StoreError::SchemaTooNew { found: 2, .. }),
+        matches!(err, StoreError::SchemaTooNew { found, .. } if found == SCHEMA_VERSION + 1),
         "{err}"
     );
 }
@@ -260,4 +260,181 @@ fn truncated_file_is_reported_damaged() {
         "{message}"
     );
     assert!(message.contains("truncated.redb"), "{message}");
+}
+
+/// Unpacks `testdata/schema-v1.redb.gz`, a store written by the schema-version-1 code (JSON
+/// session values), into `dir`. It holds the devices laptop and kiosk, the user alice with an
+/// authentication on laptop, the resources wiki and db, three sessions and one audit record.
+fn schema_v1_store(dir: &std::path::Path) -> std::path::PathBuf {
+    let packed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/store/testdata/schema-v1.redb.gz");
+    let output = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(&packed)
+        .output()
+        .expect("gzip runs");
+    assert!(
+        output.status.success(),
+        "gzip -dc {} failed",
+        packed.display()
+    );
+    let path = dir.join("state.redb");
+    std::fs::write(&path, output.stdout).unwrap();
+    path
+}
+
+fn schema_version(path: &std::path::Path) -> u64 {
+    let db = Database::create(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .get(META_SCHEMA)
+        .unwrap()
+        .unwrap()
+        .value()
+}
+
+#[test]
+fn schema_v1_store_migrates_every_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = schema_v1_store(dir.path());
+    assert_eq!(schema_version(&path), 1, "the fixture is a version-1 store");
+
+    let store = Store::open(&path).unwrap();
+    let boot_id = "6f1c2a9e-4b7d-4e55-9a0c-3d2b1e8f7a64";
+    let alice = UserKey {
+        issuer: "https://idp.example.com".to_owned(),
+        subject: "alice".to_owned(),
+    };
+    let laptop = store.device_by_name("laptop").unwrap().unwrap().id;
+    let kiosk = store.device_by_name("kiosk").unwrap().unwrap().id;
+    let wiki = store.resource_id("wiki").unwrap().unwrap();
+    let db = store.resource_id("db").unwrap().unwrap();
+    let start = Instant {
+        wall_unix_ns: 1_764_800_100_000_000_000,
+        boot_ns: 9_000_000_000_000,
+        boot_id: boot_id.to_owned(),
+    };
+    let mut expected = vec![
+        SessionRecord {
+            device_id: laptop,
+            resource_id: wiki,
+            start: start.clone(),
+            source: GrantSource::SignIn,
+            user: Some(alice.clone()),
+            amr: vec!["pwd".to_owned(), "otp".to_owned()],
+            acr: Some("urn:example:mfa".to_owned()),
+        },
+        SessionRecord {
+            device_id: laptop,
+            resource_id: db,
+            start,
+            source: GrantSource::Admin {
+                actor: "admin:uid=0".to_owned(),
+                duration_secs: 3600,
+            },
+            user: Some(alice),
+            amr: Vec::new(),
+            acr: None,
+        },
+        SessionRecord {
+            device_id: kiosk,
+            resource_id: wiki,
+            start: Instant {
+                wall_unix_ns: 1_764_800_200_000_000_000,
+                boot_ns: 9_100_000_000_000,
+                boot_id: boot_id.to_owned(),
+            },
+            source: GrantSource::Admin {
+                actor: "admin:uid=1000".to_owned(),
+                duration_secs: 8 * 3600,
+            },
+            user: None,
+            amr: Vec::new(),
+            acr: None,
+        },
+    ];
+    expected.sort_by_key(|session| (session.device_id, session.resource_id));
+    assert_eq!(store.sessions().unwrap(), expected);
+    assert_eq!(store.users().unwrap().len(), 1, "users are kept");
+    assert!(
+        store.authentication(laptop).unwrap().is_some(),
+        "the authentication is kept"
+    );
+    assert_eq!(
+        store.audit(0, 10).unwrap().len(),
+        1,
+        "the audit log is kept"
+    );
+    drop(store);
+    assert_eq!(schema_version(&path), SCHEMA_VERSION);
+}
+
+#[test]
+fn migrated_store_opens_again_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = schema_v1_store(dir.path());
+    let first = Store::open(&path).unwrap().sessions().unwrap();
+    let second = Store::open(&path).unwrap().sessions().unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn unreadable_v1_session_fails_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = schema_v1_store(dir.path());
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(SESSIONS)
+            .unwrap()
+            .insert((99, 1), b"{not json".as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = Store::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert_eq!(
+        schema_version(&path),
+        1,
+        "a failed migration leaves the store at version 1"
+    );
+}
+
+#[test]
+fn put_sessions_round_trips_in_key_order() {
+    let (_dir, store) = open();
+    let start = Instant {
+        wall_unix_ns: 5,
+        boot_ns: 6,
+        boot_id: "b".to_owned(),
+    };
+    let sessions: Vec<SessionRecord> = [(2, 1), (1, 2), (1, 1)]
+        .into_iter()
+        .map(|(device_id, resource_id)| SessionRecord {
+            device_id,
+            resource_id,
+            start: start.clone(),
+            source: GrantSource::SignIn,
+            user: None,
+            amr: Vec::new(),
+            acr: None,
+        })
+        .collect();
+    let mut txn = store.begin_write().unwrap();
+    txn.put_sessions(&sessions).unwrap();
+    txn.commit().unwrap();
+    let keys: Vec<(u32, u32)> = store
+        .sessions()
+        .unwrap()
+        .iter()
+        .map(|session| (session.device_id, session.resource_id))
+        .collect();
+    assert_eq!(keys, vec![(1, 1), (1, 2), (2, 1)]);
+
+    let mut txn = store.begin_write().unwrap();
+    assert_eq!(txn.remove_session_keys(&[(1, 2), (7, 7)]).unwrap(), 1);
+    txn.commit().unwrap();
+    assert_eq!(store.sessions().unwrap().len(), 2);
 }

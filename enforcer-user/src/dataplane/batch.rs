@@ -1,0 +1,71 @@
+//! `BPF_MAP_UPDATE_BATCH` for the session map: reconcile writes up to a million entries at
+//! start with one syscall per 65536 entries instead of one per entry.
+
+use std::os::fd::{AsRawFd as _, BorrowedFd};
+
+use common::{SessionKey, SessionValue};
+
+/// `BPF_MAP_UPDATE_BATCH` from `enum bpf_cmd` in the kernel's `uapi/linux/bpf.h` (Linux 5.6).
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// Entries per `BPF_MAP_UPDATE_BATCH` call; the kernel copies each chunk's keys and values
+/// into its own buffers, so a chunk bounds that memory (1 MiB here).
+const CHUNK: usize = 65536;
+
+/// The `batch` member of `union bpf_attr` (Linux 5.6).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Writes `entries` into the hash map `fd` with batched updates. On failure returns the
+/// error and the number of entries the kernel wrote before it; EINVAL means the kernel has
+/// no batch operations for this map, so the caller writes the entries one by one.
+pub fn update_sessions(
+    fd: BorrowedFd<'_>,
+    entries: &[(SessionKey, SessionValue)],
+) -> Result<(), (std::io::Error, usize)> {
+    let mut keys = Vec::with_capacity(entries.len().min(CHUNK));
+    let mut values = Vec::with_capacity(entries.len().min(CHUNK));
+    let mut written = 0;
+    for chunk in entries.chunks(CHUNK) {
+        keys.clear();
+        values.clear();
+        keys.extend(chunk.iter().map(|(key, _)| *key));
+        values.extend(chunk.iter().map(|(_, value)| *value));
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is a valid `batch` attribute. Its key and value pointers cover
+        // `count` elements of `SessionKey` and `SessionValue`, the `repr(C)` key and value
+        // types of the session map, and both vectors outlive the call.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if result < 0 {
+            // The kernel sets `count` to the entries it wrote before the failing one.
+            return Err((
+                std::io::Error::last_os_error(),
+                written + attr.count as usize,
+            ));
+        }
+        written += chunk.len();
+    }
+    Ok(())
+}
