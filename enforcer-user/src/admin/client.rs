@@ -23,6 +23,11 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "timed out after {} s waiting for the daemon's response on {path}; the daemon applies admin requests one at a time, so a long request (a reload, a large batch) or a daemon stuck in a store write holds it; check its log",
+        REQUEST_TIMEOUT.as_secs()
+    )]
+    Timeout { path: PathBuf },
     #[error("failed to talk to the daemon on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -52,7 +57,16 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     stream.write_all(&line).map_err(io)?;
 
     let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    // An expired SO_RCVTIMEO makes the read fail with EAGAIN, whose text ("Resource
+    // temporarily unavailable") does not say that the daemon was slow.
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout {
+                path: socket.to_path_buf(),
+            },
+            _ => io(source),
+        })?;
     if reply.is_empty() {
         return Err(ClientError::Invalid {
             path: socket.to_path_buf(),

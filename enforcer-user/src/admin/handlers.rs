@@ -5,11 +5,11 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use serde_json::{Value, json};
 
-use super::{DeviceRef, ErrorCode, Request, Response, RevokeRequest};
+use super::{DeviceRef, ErrorCode, GrantPair, Request, Response, RevokeRequest};
 use crate::{
     daemon::DaemonState,
     dataplane::maps::KernelMaps,
-    engine::{EngineError, RevokeSelector},
+    engine::{EngineError, GrantTarget, MAX_GRANT_BATCH, RevokeSelector},
     explain::{Packet, explain},
     policy::PolicyLoadError,
     store::{AuditEntry, AuditKind, DeviceRecord, EnrollmentSource, NewDevice, StoreError},
@@ -36,6 +36,10 @@ pub fn handle(state: &DaemonState, request: Request, actor: &str) -> Response {
             resource,
             duration_secs,
         } => session_grant(state, &device, &resource, duration_secs, actor),
+        Request::SessionGrantBatch {
+            grants,
+            duration_secs,
+        } => session_grant_batch(state, &grants, duration_secs, actor),
         Request::SessionRevoke { selector } => session_revoke(state, selector, actor),
         Request::ResourceList => resource_list(state),
         Request::Explain {
@@ -294,12 +298,7 @@ fn session_grant(
     actor: &str,
 ) -> HandlerResult {
     let record = find_device(state, device)?;
-    if duration_secs == 0 || duration_secs > crate::policy::MAX_SESSION.as_secs() {
-        return Err((
-            ErrorCode::Invalid,
-            format!("duration {duration_secs}s is out of range: use 1s to 366d"),
-        ));
-    }
+    check_grant_duration(duration_secs)?;
     let mut engine = state.lock_engine();
     engine
         .grant(
@@ -308,6 +307,53 @@ fn session_grant(
             Duration::from_secs(duration_secs),
             actor,
         )
+        .map(|granted| json!(granted))
+        .map_err(engine_error)
+}
+
+fn check_grant_duration(duration_secs: u64) -> Result<(), (ErrorCode, String)> {
+    if duration_secs == 0 || duration_secs > crate::policy::MAX_SESSION.as_secs() {
+        return Err((
+            ErrorCode::Invalid,
+            format!("duration {duration_secs}s is out of range: use 1s to 366d"),
+        ));
+    }
+    Ok(())
+}
+
+fn session_grant_batch(
+    state: &DaemonState,
+    grants: &[GrantPair],
+    duration_secs: u64,
+    actor: &str,
+) -> HandlerResult {
+    // Checked before any device is resolved, so an oversized request costs no store reads.
+    if grants.len() > MAX_GRANT_BATCH {
+        return Err(engine_error(EngineError::BatchTooLarge {
+            count: grants.len(),
+            max: MAX_GRANT_BATCH,
+        }));
+    }
+    check_grant_duration(duration_secs)?;
+    let mut device_ids = std::collections::HashMap::new();
+    let mut targets = Vec::with_capacity(grants.len());
+    for pair in grants {
+        let device_id = match device_ids.get(&pair.device) {
+            Some(id) => *id,
+            None => {
+                let id = find_device(state, &pair.device)?.id;
+                device_ids.insert(pair.device.clone(), id);
+                id
+            }
+        };
+        targets.push(GrantTarget {
+            device_id,
+            resource: pair.resource.clone(),
+        });
+    }
+    let mut engine = state.lock_engine();
+    engine
+        .grant_batch(&targets, Duration::from_secs(duration_secs), actor)
         .map(|granted| json!(granted))
         .map_err(engine_error)
 }
@@ -403,7 +449,10 @@ fn engine_error(err: EngineError) -> (ErrorCode, String) {
     let code = match &err {
         EngineError::NotFound { .. } => ErrorCode::NotFound,
         EngineError::Denied(_) => ErrorCode::Denied,
-        EngineError::Policy(_) => ErrorCode::Invalid,
+        EngineError::Policy(_)
+        | EngineError::EmptyBatch
+        | EngineError::BatchTooLarge { .. }
+        | EngineError::DuplicatePair { .. } => ErrorCode::Invalid,
         EngineError::Store(StoreError::Conflict(_)) => ErrorCode::Conflict,
         _ => ErrorCode::Internal,
     };

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// A device named on the command line: its id or its name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum DeviceRef {
     Id(u32),
@@ -36,6 +36,13 @@ impl std::str::FromStr for DeviceRef {
             Err(_) => DeviceRef::Name(text.to_owned()),
         })
     }
+}
+
+/// One (device, resource) pair of a batch grant request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantPair {
+    pub device: DeviceRef,
+    pub resource: String,
 }
 
 /// Sessions to revoke, with devices given by id or name; the daemon resolves the device and
@@ -73,6 +80,12 @@ pub enum Request {
     SessionGrant {
         device: DeviceRef,
         resource: String,
+        duration_secs: u64,
+    },
+    /// Grants every pair of `grants` for `duration_secs`, all or nothing, with one store
+    /// commit; at most `engine::MAX_GRANT_BATCH` pairs.
+    SessionGrantBatch {
+        grants: Vec<GrantPair>,
         duration_secs: u64,
     },
     SessionRevoke {

@@ -52,6 +52,19 @@ pub fn render(request: &Request, result: &Value) -> String {
                 time(&result["expires_unix_ns"])
             );
         }
+        Request::SessionGrantBatch { .. } => {
+            let granted = result.as_array().map_or(&[][..], Vec::as_slice);
+            let _ = writeln!(out, "granted {} session(s)", granted.len());
+            for session in granted {
+                let _ = writeln!(
+                    out,
+                    "  device {} to {} until {}",
+                    session["device_id"],
+                    session["resource"].as_str().unwrap_or("?"),
+                    time(&session["expires_unix_ns"])
+                );
+            }
+        }
         Request::Explain { .. } => explain(&mut out, result),
         Request::Audit { .. } => audit(&mut out, result),
         Request::Stats => {

@@ -11,7 +11,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::{DeviceRef, EXIT_UNREACHABLE, Request, Response, RevokeRequest, client},
+    admin::{DeviceRef, EXIT_UNREACHABLE, GrantPair, Request, Response, RevokeRequest, client},
     config::{Config, DEFAULT_ADMIN_SOCKET},
 };
 
@@ -137,11 +137,19 @@ pub enum SessionCommand {
         #[arg(long)]
         device: Option<DeviceRef>,
     },
-    /// Grant a device a session to a resource, from now.
+    /// Grant a device sessions to one or more resources, from now. Several pairs are
+    /// granted all or nothing, in one request.
     Grant {
         /// Device id or name.
-        device: DeviceRef,
-        resource: String,
+        #[arg(required_unless_present = "from")]
+        device: Option<DeviceRef>,
+        /// Resource names, separated by commas.
+        #[arg(value_delimiter = ',', required_unless_present = "from")]
+        resources: Vec<String>,
+        /// Read the pairs from FILE ("-" for standard input) instead: one "DEVICE RESOURCE"
+        /// pair per line; blank lines and lines starting with # are skipped.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["device", "resources"])]
+        from: Option<PathBuf>,
         /// Session duration, such as 30m or 8h.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
@@ -279,13 +287,10 @@ fn request_of(command: Command) -> anyhow::Result<Request> {
         Command::Session(SessionCommand::List { device }) => Request::SessionList { device },
         Command::Session(SessionCommand::Grant {
             device,
-            resource,
+            resources,
+            from,
             duration,
-        }) => Request::SessionGrant {
-            device,
-            resource,
-            duration_secs: duration.as_secs(),
-        },
+        }) => grant_request(device, resources, from, duration)?,
         Command::Session(SessionCommand::Revoke(args)) => Request::SessionRevoke {
             selector: revoke_selector(args)?,
         },
@@ -306,6 +311,75 @@ fn request_of(command: Command) -> anyhow::Result<Request> {
         | Command::Completions { .. }
         | Command::Man => unreachable!("handled before building a request"),
     })
+}
+
+/// Builds a single grant for one pair and a batch grant for several.
+fn grant_request(
+    device: Option<DeviceRef>,
+    resources: Vec<String>,
+    from: Option<PathBuf>,
+    duration: std::time::Duration,
+) -> anyhow::Result<Request> {
+    let duration_secs = duration.as_secs();
+    let mut grants = match (from, device) {
+        (Some(path), _) => read_grant_pairs(&path)?,
+        (None, Some(device)) => resources
+            .into_iter()
+            .map(|resource| GrantPair {
+                device: device.clone(),
+                resource,
+            })
+            .collect(),
+        (None, None) => anyhow::bail!("pass a device and resources, or --from FILE"),
+    };
+    if grants.len() == 1 {
+        let pair = grants.remove(0);
+        return Ok(Request::SessionGrant {
+            device: pair.device,
+            resource: pair.resource,
+            duration_secs,
+        });
+    }
+    Ok(Request::SessionGrantBatch {
+        grants,
+        duration_secs,
+    })
+}
+
+/// Reads "DEVICE RESOURCE" lines from `path`, or from standard input for "-".
+fn read_grant_pairs(path: &std::path::Path) -> anyhow::Result<Vec<GrantPair>> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("failed to read grants from stdin")?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read grants from {}", path.display()))?
+    };
+    let mut grants = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(device), Some(resource), None) = (fields.next(), fields.next(), fields.next())
+        else {
+            anyhow::bail!(
+                "line {} of {} is invalid: {line:?}; expected \"DEVICE RESOURCE\"",
+                index + 1,
+                path.display()
+            );
+        };
+        grants.push(GrantPair {
+            device: device.parse()?,
+            resource: resource.to_owned(),
+        });
+    }
+    anyhow::ensure!(
+        !grants.is_empty(),
+        "{} has no grants; write one \"DEVICE RESOURCE\" pair per line",
+        path.display()
+    );
+    Ok(grants)
 }
 
 fn revoke_selector(args: RevokeArgs) -> anyhow::Result<RevokeRequest> {

@@ -10,6 +10,7 @@
 //! restart and every committed one is written again. Until that restart the uncommitted entry
 //! lets its pair pass, for at most the session it was granted.
 
+mod grants;
 mod ops;
 mod reconcile;
 
@@ -26,6 +27,7 @@ use crate::{
     store::{Store, StoreError},
 };
 
+pub use grants::{BatchGranted, GrantTarget, MAX_GRANT_BATCH};
 pub use ops::{
     GrantedSession, ReloadReport, RevokeReport, RevokeSelector, SignInReport, SkippedResource,
 };
@@ -60,6 +62,16 @@ pub enum EngineError {
     NotFound { what: String, hint: String },
     #[error("{0}")]
     Denied(String),
+    #[error("the grant batch is empty; name at least one device and resource")]
+    EmptyBatch,
+    #[error(
+        "the grant batch has {count} pairs, more than the limit of {max}; split it into batches of at most {max} pairs"
+    )]
+    BatchTooLarge { count: usize, max: usize },
+    #[error(
+        "the grant batch names device {device_id} with resource {resource:?} twice; list each pair once"
+    )]
+    DuplicatePair { device_id: u32, resource: String },
 }
 
 /// The engine with its state. Callers serialize access (the daemon keeps it behind a mutex).

@@ -290,7 +290,7 @@ impl<M: KernelMaps> Engine<M> {
     /// Writes `sessions` to the kernel, then commits them with the changes of `extra` in one
     /// store transaction. On any failure the kernel entries are restored and nothing is
     /// committed.
-    fn commit_sessions(
+    pub(super) fn commit_sessions(
         &mut self,
         sessions: &[(SessionRecord, u64)],
         extra: impl FnOnce(&mut StoreWrite) -> Result<(), EngineError>,
@@ -547,11 +547,10 @@ impl<M: KernelMaps> Engine<M> {
             })?;
         }
         let mut txn = self.store.begin_write()?;
-        let removed = txn
-            .remove_sessions(|session| purge.contains(&(session.device_id, session.resource_id)))?;
+        let removed = txn.remove_session_keys(&purge)?;
         txn.commit()?;
-        tracing::info!(sessions = removed.len(), "removed long-expired sessions");
-        Ok(removed.len())
+        tracing::info!(sessions = removed, "removed long-expired sessions");
+        Ok(removed)
     }
 
     /// Returns the current time on both clocks.
@@ -582,7 +581,7 @@ impl<M: KernelMaps> Engine<M> {
     }
 }
 
-fn not_found(what: String, hint: &str) -> EngineError {
+pub(super) fn not_found(what: String, hint: &str) -> EngineError {
     EngineError::NotFound {
         what,
         hint: format!("; {hint}"),
