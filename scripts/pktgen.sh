@@ -39,7 +39,7 @@ usage() {
     cat <<USAGE
 usage: $0 --dev IFACE --dst-mac MAC --stream NAME:SRC_MIN-SRC_MAX:DST:PORT [--stream ...]
           [--gateway SSH_TARGET] [--count PACKETS] [--max-seconds S] [--pkt-size BYTES]
-          [--flows N] [--flowlen PACKETS]
+          [--flows N] [--flowlen PACKETS] [--dry-run]
 
   --dev          sender interface cabled to the gateway's client-facing interface
   --dst-mac      MAC address of the gateway's client-facing interface
@@ -51,6 +51,7 @@ usage: $0 --dev IFACE --dst-mac MAC --stream NAME:SRC_MIN-SRC_MAX:DST:PORT [--st
   --pkt-size     frame size in bytes without FCS (default $pkt_size)
   --flows        concurrent flows per stream, each a source address and port (default $flows)
   --flowlen      packets per flow before pktgen moves to the next one (default $flowlen)
+  --dry-run      check the arguments and print the plan, then exit without sending
 USAGE
 }
 
@@ -59,33 +60,66 @@ fail() {
     exit 1
 }
 
+# Prints the value of option $1, or fails when the command line ends before it.
+value_of() {
+    [[ $# -ge 2 && -n $2 && $2 != --* ]] || fail "$1 needs a value; see --help"
+    echo "$2"
+}
+
+dry_run=0
 while [[ $# -gt 0 ]]; do
     case $1 in
-        --dev) dev=$2; shift 2 ;;
-        --dst-mac) dst_mac=$2; shift 2 ;;
-        --gateway) gateway=$2; shift 2 ;;
-        --count) count=$2; shift 2 ;;
-        --max-seconds) max_seconds=$2; shift 2 ;;
-        --pkt-size) pkt_size=$2; shift 2 ;;
-        --flows) flows=$2; shift 2 ;;
-        --flowlen) flowlen=$2; shift 2 ;;
-        --stream) streams+=("$2"); shift 2 ;;
+        --dev) dev=$(value_of "$@"); shift 2 ;;
+        --dst-mac) dst_mac=$(value_of "$@"); shift 2 ;;
+        --gateway) gateway=$(value_of "$@"); shift 2 ;;
+        --count) count=$(value_of "$@"); shift 2 ;;
+        --max-seconds) max_seconds=$(value_of "$@"); shift 2 ;;
+        --pkt-size) pkt_size=$(value_of "$@"); shift 2 ;;
+        --flows) flows=$(value_of "$@"); shift 2 ;;
+        --flowlen) flowlen=$(value_of "$@"); shift 2 ;;
+        --stream) streams+=("$(value_of "$@")"); shift 2 ;;
+        --dry-run) dry_run=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; fail "unknown argument $1" ;;
     esac
 done
 
+ipv4_re='^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$'
+positive_re='^[1-9][0-9]*$'
+
+# Every argument is checked before pktgen is touched, so a typo fails in the first second.
 [[ -n $dev ]] || fail "--dev is missing; give the sender interface cabled to the gateway"
 [[ -n $dst_mac ]] || fail "--dst-mac is missing; give the MAC of the gateway's client-facing interface"
+[[ $dst_mac =~ ^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$ ]] \
+    || fail "invalid --dst-mac $dst_mac; give six hex bytes such as 52:54:00:12:34:56"
 [[ ${#streams[@]} -gt 0 ]] || fail "no --stream given; add at least one, for example hit:192.0.2.10-192.0.2.200:198.51.100.10:443"
+[[ $count =~ $positive_re ]] || fail "invalid --count $count; give a positive number of packets"
+[[ $max_seconds =~ $positive_re ]] || fail "invalid --max-seconds $max_seconds; give a positive number of seconds"
+[[ $pkt_size =~ $positive_re && $pkt_size -ge 60 && $pkt_size -le 9000 ]] \
+    || fail "invalid --pkt-size $pkt_size; give a frame size from 60 to 9000 bytes"
+[[ $flows =~ $positive_re ]] || fail "invalid --flows $flows; give a positive number of flows"
+[[ $flowlen =~ $positive_re ]] || fail "invalid --flowlen $flowlen; give a positive number of packets"
+for stream in "${streams[@]}"; do
+    IFS=: read -r name sources dst port extra <<<"$stream"
+    [[ -n $name && -z $extra && $sources == *-* && $port =~ ^[0-9]+$ && $port -le 65535 ]] \
+        || fail "invalid --stream $stream; expected NAME:SRC_MIN-SRC_MAX:DST:PORT with a port up to 65535"
+    for address in "${sources%-*}" "${sources#*-}" "$dst"; do
+        [[ $address =~ $ipv4_re ]] || fail "invalid address $address in --stream $stream; pktgen streams are IPv4"
+    done
+done
+echo "pktgen: $count packets per stream, at most $max_seconds s, $pkt_size-byte frames, $flows flows of $flowlen packets each, on $dev to $dst_mac"
+
+if [[ $dry_run -eq 1 ]]; then
+    echo "pktgen: --dry-run, so the arguments were checked and nothing was sent"
+    exit 0
+fi
 [[ $(id -u) -eq 0 ]] || fail "must run as root (pktgen is configured through $PGDIR)"
-[[ $count =~ ^[1-9][0-9]*$ ]] || fail "invalid --count $count; give a positive number of packets"
-[[ $max_seconds =~ ^[1-9][0-9]*$ ]] || fail "invalid --max-seconds $max_seconds; give a positive number"
 if [[ ! -d $PGDIR ]]; then
     modprobe pktgen 2>/dev/null || true
 fi
-[[ -d $PGDIR ]] || fail "$PGDIR is missing; this kernel has no pktgen (CONFIG_NET_PKTGEN), load it with modprobe pktgen"
-nthreads=$(ls -d "$PGDIR"/kpktgend_* | wc -l)
+[[ -d $PGDIR ]] || fail "$PGDIR is missing, so this kernel has no pktgen: build it with CONFIG_NET_PKTGEN or load the module (modprobe pktgen), or run on a sender host that has it"
+[[ -d /sys/class/net/$dev ]] || fail "interface $dev not found; list interfaces with ip link"
+nthreads=$(find "$PGDIR" -maxdepth 1 -name 'kpktgend_*' | wc -l)
 [[ ${#streams[@]} -le $nthreads ]] || fail "${#streams[@]} streams but only $nthreads pktgen threads; give at most $nthreads streams"
 
 # Writes one pktgen command to a control file and fails with pktgen's own result line.
@@ -133,8 +167,6 @@ trap stop_all EXIT
 stop_all
 for index in "${!streams[@]}"; do
     IFS=: read -r name sources dst port <<<"${streams[$index]}"
-    [[ -n $name && $sources == *-* && -n $dst && $port =~ ^[0-9]+$ ]] \
-        || fail "invalid --stream ${streams[$index]}; expected NAME:SRC_MIN-SRC_MAX:DST:PORT"
     thread="$PGDIR/kpktgend_$index"
     device="$dev@$index"
     pgset "$thread" "rem_device_all"

@@ -14,6 +14,8 @@ APT_PACKAGES=(
     bpftool iproute2 iputils-ping nftables iperf3 curl netcat-openbsd tcpdump ethtool procps
     # Real browser for the portal tests.
     chromium chromium-driver
+    # Lint of the shell scripts, run by the pktgen script test.
+    shellcheck
 )
 
 fail() {
