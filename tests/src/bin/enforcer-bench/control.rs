@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use aya_obj::programs::XdpAttachType;
 use enforcer::{
-    admin::{DeviceRef, Request, Response, RevokeRequest, client},
+    admin::{DeviceRef, GrantPair, Request, Response, RevokeRequest, client},
     clock::{Clock as _, SystemClock},
     store::{EnrollmentSource, GrantSource, NewDevice, SessionRecord, Store},
 };
@@ -34,8 +34,11 @@ use crate::{
 
 const INTERFACE: &str = "bench0";
 const OWNER: &str = "bench@example.com";
-/// Resource with no stored sessions, the target of the measured grants.
+/// Resources with no stored sessions, the targets of the measured grants: one per grant
+/// measurement, so every measured grant writes a new session.
 const FRESH_RESOURCE: &str = "fresh";
+const CONCURRENT_RESOURCE: &str = "fresh-2";
+const BATCH_RESOURCE: &str = "fresh-3";
 /// Parallel admin clients of the concurrent grant measurement.
 const CONCURRENT_CLIENTS: usize = 8;
 /// Maximum time from starting the daemon to its first reply on the admin socket.
@@ -50,6 +53,8 @@ pub struct ControlPlan {
     pub resources: usize,
     /// Grants measured one at a time, and again spread over the concurrent clients.
     pub grants: usize,
+    /// Pairs of the one batch grant request, each device once.
+    pub batch: usize,
 }
 
 /// Measured control-plane figures.
@@ -67,6 +72,9 @@ pub struct ControlFigures {
     /// The concurrent grants' time, or the error that stopped them (for example a client's
     /// request timeout while the other clients' grants held the daemon).
     pub concurrent: Result<Duration, String>,
+    pub batch: usize,
+    /// The batch grant request's time, or the error the daemon returned.
+    pub batched: Result<Duration, String>,
     /// From `SessionRevoke` returning to the first denied packet.
     pub revoke_to_deny: Duration,
     /// Packets that passed after `SessionRevoke` returned.
@@ -80,9 +88,10 @@ pub fn measure(enforcer: &Path, plan: ControlPlan) -> anyhow::Result<ControlFigu
         "the control-plane run needs at least one device and one resource"
     );
     anyhow::ensure!(
-        plan.grants <= plan.devices,
-        "{} grants requested but only {} devices; grants go to distinct devices",
+        plan.grants <= plan.devices && plan.batch <= plan.devices,
+        "{} grants and a batch of {} requested but only {} devices; grants go to distinct devices",
         plan.grants,
+        plan.batch,
         plan.devices
     );
     let lab = Lab::new()?;
@@ -106,8 +115,10 @@ pub fn measure(enforcer: &Path, plan: ControlPlan) -> anyhow::Result<ControlFigu
 
     let socket = lab.socket_path();
     let sequential = grant_sequentially(&socket, plan.grants, FRESH_RESOURCE)?;
-    let concurrent = grant_concurrently(&socket, plan.grants, &format!("{FRESH_RESOURCE}-2"))
+    let concurrent = grant_concurrently(&socket, plan.grants, CONCURRENT_RESOURCE)
         .map_err(|err| format!("{err:#}"));
+    let batched =
+        grant_batch(&socket, plan.batch, BATCH_RESOURCE).map_err(|err| format!("{err:#}"));
     let (revoke_to_deny, passed_after_revoke) = revoke_and_probe(&lab, probe_device)?;
 
     daemon.stop()?;
@@ -119,6 +130,8 @@ pub fn measure(enforcer: &Path, plan: ControlPlan) -> anyhow::Result<ControlFigu
         grants: plan.grants,
         sequential,
         concurrent,
+        batch: plan.batch,
+        batched,
         revoke_to_deny,
         passed_after_revoke,
     })
@@ -159,10 +172,8 @@ fn policy(plan: ControlPlan) -> String {
         resource(&resource_name(index), resource_address(index));
     }
     resource(FRESH_RESOURCE, Ipv4Addr::new(198, 18, 255, 1));
-    resource(
-        &format!("{FRESH_RESOURCE}-2"),
-        Ipv4Addr::new(198, 18, 255, 2),
-    );
+    resource(CONCURRENT_RESOURCE, Ipv4Addr::new(198, 18, 255, 2));
+    resource(BATCH_RESOURCE, Ipv4Addr::new(198, 18, 255, 3));
     text
 }
 
@@ -187,8 +198,9 @@ fn write_store(path: &Path, plan: ControlPlan) -> anyhow::Result<(Duration, u32)
     }
     for index in 0..plan.resources {
         let resource_id = txn.resource_id(&resource_name(index))?;
-        for &device_id in &device_ids {
-            txn.put_session(&SessionRecord {
+        let sessions: Vec<SessionRecord> = device_ids
+            .iter()
+            .map(|&device_id| SessionRecord {
                 device_id,
                 resource_id,
                 start: now.clone(),
@@ -199,8 +211,9 @@ fn write_store(path: &Path, plan: ControlPlan) -> anyhow::Result<(Duration, u32)
                 user: None,
                 amr: Vec::new(),
                 acr: None,
-            })?;
-        }
+            })
+            .collect();
+        txn.put_sessions(&sessions)?;
     }
     txn.commit()?;
     Ok((started.elapsed(), device_ids[0]))
@@ -255,6 +268,25 @@ fn grant_concurrently(socket: &Path, grants: usize, resource: &str) -> anyhow::R
         }
         Ok(())
     })?;
+    Ok(started.elapsed())
+}
+
+/// Grants devices 0 to `count` a session to `resource` in one batch request.
+fn grant_batch(socket: &Path, count: usize, resource: &str) -> anyhow::Result<Duration> {
+    let grants = (0..count)
+        .map(|device| GrantPair {
+            device: DeviceRef::Name(format!("d{device}")),
+            resource: resource.to_owned(),
+        })
+        .collect();
+    let started = Instant::now();
+    call(
+        socket,
+        &Request::SessionGrantBatch {
+            grants,
+            duration_secs: 3600,
+        },
+    )?;
     Ok(started.elapsed())
 }
 
@@ -314,19 +346,38 @@ fn reconcile_time(log: &str) -> Option<Duration> {
     let reconciled = log
         .lines()
         .find(|line| line.contains("reconciled kernel maps"))?;
-    let seconds = |line: &str| -> Option<f64> {
-        // tracing-subscriber lines start with an RFC 3339 timestamp such as
-        // 2026-12-04T00:45:12.123456Z.
-        let time = line.split_whitespace().next()?.split('T').nth(1)?;
-        let time = time.trim_end_matches('Z');
-        let mut parts = time.split(':');
-        let hours: f64 = parts.next()?.parse().ok()?;
-        let minutes: f64 = parts.next()?.parse().ok()?;
-        let secs: f64 = parts.next()?.parse().ok()?;
-        Some(hours * 3600.0 + minutes * 60.0 + secs)
-    };
-    let elapsed = seconds(reconciled)? - seconds(attached)?;
+    let elapsed = log_seconds(reconciled)? - log_seconds(attached)?;
     (elapsed >= 0.0).then(|| Duration::from_secs_f64(elapsed))
+}
+
+/// Returns the Unix time in seconds of a tracing-subscriber log line, which starts with an
+/// RFC 3339 UTC timestamp such as 2026-12-04T00:45:12.123456Z.
+pub fn log_seconds(line: &str) -> Option<f64> {
+    let line = strip_ansi(line);
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut date_parts = date.split('-');
+    let year: i64 = date_parts.next()?.parse().ok()?;
+    let month: i64 = date_parts.next()?.parse().ok()?;
+    let day: i64 = date_parts.next()?.parse().ok()?;
+    let mut time_parts = time.split(':');
+    let hours: f64 = time_parts.next()?.parse().ok()?;
+    let minutes: f64 = time_parts.next()?.parse().ok()?;
+    let secs: f64 = time_parts.next()?.parse().ok()?;
+    let days = days_from_civil(year, month, day);
+    Some(days as f64 * 86400.0 + hours * 3600.0 + minutes * 60.0 + secs)
+}
+
+/// Days from 1970-01-01 to the proleptic Gregorian date `year-month-day` (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_index = (month + 9) % 12;
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// Removes the terminal colour sequences (`ESC [ ... m`) that tracing-subscriber writes.
@@ -505,6 +556,13 @@ mod tests {
                    2026-12-04T00:43:56.705640Z INFO enforcer::engine::reconcile: reconciled kernel maps\n";
         let elapsed = reconcile_time(log).expect("both lines are found");
         assert!((elapsed.as_secs_f64() - 1.25).abs() < 1e-6, "{elapsed:?}");
+    }
+
+    #[test]
+    fn log_seconds_is_unix_time() {
+        let seconds = log_seconds("2026-12-04T00:43:55.5Z INFO enforcer: started").unwrap();
+        // `date -u -d 2026-12-04T00:43:55Z +%s` prints 1796345035.
+        assert!((seconds - 1_796_345_035.5).abs() < 1e-6, "{seconds}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod measure;
 mod nft;
 mod packets;
 mod report;
+mod signin;
 mod storm;
 mod variants;
 
@@ -66,9 +67,18 @@ struct Options {
     /// Admin grants measured one at a time, and again over concurrent clients.
     #[arg(long)]
     cp_grants: Option<usize>,
+    /// Pairs of the measured batch grant request (at most the devices of the run).
+    #[arg(long)]
+    cp_batch: Option<usize>,
     /// Skip the control-plane run with the daemon.
     #[arg(long)]
     no_control: bool,
+    /// Sign-ins measured from the IdP callback to the first passing packet; 0 skips them.
+    #[arg(long)]
+    sign_ins: Option<usize>,
+    /// Run only the control-plane measurements and print them; writes no page.
+    #[arg(long, conflicts_with_all = ["no_control", "page"])]
+    control_only: bool,
     /// The `enforcer` binary the control-plane run starts; defaults to `enforcer-under-test`
     /// beside this binary.
     #[arg(long)]
@@ -95,6 +105,7 @@ pub struct Settings {
     pub live_repeat: u32,
     pub nft: bool,
     pub control: Option<control::ControlPlan>,
+    pub sign_ins: usize,
     pub enforcer: PathBuf,
     pub command: String,
 }
@@ -130,7 +141,9 @@ impl Options {
                 devices: self.cp_devices.unwrap_or(pick(1000, 20)),
                 resources: self.cp_resources.unwrap_or(pick(1000, 20)),
                 grants: self.cp_grants.unwrap_or(20),
+                batch: self.cp_batch.unwrap_or(pick(1000, 20)),
             }),
+            sign_ins: self.sign_ins.unwrap_or(pick(5, 1)),
             enforcer: match self.enforcer {
                 Some(path) => path,
                 None => default_enforcer()?,
@@ -164,8 +177,21 @@ pub struct MapFigures {
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     let page = options.page.clone();
+    let control_only = options.control_only;
     let settings = options.settings()?;
     enforcer_tests::require_root();
+    if control_only {
+        let plan = settings
+            .control
+            .context("the control-plane run is switched off")?;
+        let figures = control::measure(&settings.enforcer, plan)?;
+        println!("{figures:#?}");
+        if settings.sign_ins > 0 {
+            let sign_ins = signin::measure(&settings.enforcer, settings.sign_ins)?;
+            println!("{sign_ins:#?}");
+        }
+        return Ok(());
+    }
 
     let mut bench = Bench {
         floor: ProbeFixture::floor()?,
@@ -221,6 +247,11 @@ fn main() -> anyhow::Result<()> {
         Some(plan) => Some(control::measure(&settings.enforcer, plan)?),
         None => None,
     };
+    let sign_ins = if settings.sign_ins > 0 {
+        Some(signin::measure(&settings.enforcer, settings.sign_ins)?)
+    } else {
+        None
+    };
 
     let results = report::Results {
         settings: &settings,
@@ -230,6 +261,7 @@ fn main() -> anyhow::Result<()> {
         map_figures: &map_figures,
         storm: storm.as_ref(),
         control: control.as_ref(),
+        sign_ins: sign_ins.as_ref(),
     };
     print!("{}", report::text(&results));
     if let Some(page) = page {

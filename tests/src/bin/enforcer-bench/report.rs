@@ -9,6 +9,7 @@ use crate::{
     control::ControlFigures,
     measure::{Bench, Summary, Variant},
     nft::NftLayout,
+    signin::SignInFigures,
     storm::PuntRate,
     variants::{Case, Layout, Shape, plan_label, si},
 };
@@ -39,6 +40,7 @@ pub struct Results<'a> {
     /// (calm variant, storm variant) and the punt burst, when the object can punt.
     pub storm: Option<&'a ((usize, usize), PuntRate)>,
     pub control: Option<&'a ControlFigures>,
+    pub sign_ins: Option<&'a SignInFigures>,
 }
 
 /// Column names of every variant table.
@@ -340,6 +342,20 @@ fn control_table(control: &ControlFigures) -> String {
             },
         ],
         vec![
+            format!(
+                "{} admin grants in one batch request, one store commit",
+                control.batch
+            ),
+            match &control.batched {
+                Ok(elapsed) => format!(
+                    "{:.3} s, {:.0} per second",
+                    elapsed.as_secs_f64(),
+                    control.batch as f64 / elapsed.as_secs_f64()
+                ),
+                Err(err) => format!("failed: {}", err.replace('|', "/").replace('\n', " ")),
+            },
+        ],
+        vec![
             "`session revoke` returning to the first denied packet".to_owned(),
             format!(
                 "{:.1} us, {} packets passed in between",
@@ -539,6 +555,44 @@ pub fn text(results: &Results) -> String {
         let _ = writeln!(text, "\n## Punt burst\n");
         text.push_str(&punt_table(rate));
     }
+    if let Some(sign_ins) = results.sign_ins {
+        let _ = writeln!(text, "\n## Sign-in\n");
+        text.push_str(&sign_in_table(sign_ins));
+    }
+    text
+}
+
+fn sign_in_table(sign_ins: &SignInFigures) -> String {
+    let millis = |value: Option<std::time::Duration>| {
+        value.map_or("-".to_owned(), |value| {
+            format!("{:.1} ms", value.as_secs_f64() * 1e3)
+        })
+    };
+    let rows = vec![vec![
+        sign_ins.samples.len().to_string(),
+        millis(sign_ins.median()),
+        millis(sign_ins.samples.iter().min().copied()),
+        millis(sign_ins.samples.iter().max().copied()),
+    ]];
+    markdown_table(&["sign-ins", "median", "min", "max"], &rows)
+}
+
+fn sign_in_section(sign_ins: &SignInFigures) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "\n## Sign-in to first passing packet\n");
+    let _ = writeln!(
+        text,
+        "A client and a gateway namespace are joined by a veth pair. The test identity provider \
+         (`oidc-provider` 8.8.1, Node.js) and the daemon's portal listen on the gateway's \
+         address, and headless chromium signs alice in from the client namespace. The time \
+         runs from the daemon's debug log line at the arrival of the callback request \
+         (microsecond timestamps) to the wall time of the first pass of the device's TCP SYN, \
+         which a thread runs through the daemon's pinned program with `BPF_PROG_TEST_RUN` \
+         without pause. It covers the code exchange and ID token check with the provider on \
+         loopback, the store commit and the kernel write. The session is revoked between \
+         sign-ins.\n"
+    );
+    text.push_str(&sign_in_table(sign_ins));
     text
 }
 
@@ -636,9 +690,10 @@ pub fn write_page(results: &Results, page: &Path) -> anyhow::Result<()> {
             "`enforcer run` runs in a namespace created for the run, attached in SKB mode to a \
              veth, with its own redb store, admin socket and bpffs pin folder. Its store holds a \
              session for each of {} (device, resource) pairs, written beforehand with the store \
-             API. Grants go through the admin socket to a resource without sessions; the admin \
-             API has no batched grant request, so the second grant row runs \
-             {CONCURRENT_GRANT_CLIENTS} clients at once instead. After the revocation returns, \
+             API. Grants go through the admin socket, each measurement to its own resource \
+             without sessions: one request per grant, then {CONCURRENT_GRANT_CLIENTS} clients \
+             at once (the daemon applies their requests one after another), then one \
+             `session_grant_batch` request. After the revocation returns, \
              the probe frame runs through the daemon's pinned program with \
              `BPF_PROG_TEST_RUN` until it is denied.\n",
             si(control.sessions)
@@ -647,6 +702,10 @@ pub fn write_page(results: &Results, page: &Path) -> anyhow::Result<()> {
         let _ = writeln!(text, "\nThe kernel side alone, on the data-path fixture:\n");
     }
     text.push_str(&map_table(results.map_figures));
+    text.push_str(MAP_NOTE);
+    if let Some(sign_ins) = results.sign_ins {
+        text.push_str(&sign_in_section(sign_ins));
+    }
     text.push_str(PAGE_GAPS);
 
     fs::write(page, text).with_context(|| format!("failed to write {}", page.display()))?;
@@ -701,10 +760,20 @@ fn storm_section(bench: &Bench, calm: usize, storm: usize, rate: &PuntRate) -> S
          load the program produces. A thread drains the `PUNTS` ring buffer throughout, as the \
          reauth responder does. Each measurement alternates an allowed frame with a second \
          frame, one test run with repeat 1 each, and times only the allowed frame; its floor is \
-         the floor program run the same way.\n"
+         the floor program run the same way. The figure compares the storm with the same two \
+         frames through a second fixture that keeps the default punt interval: there the \
+         expired frame takes the same path, but its punt is rate-limited, so the two differ \
+         only in the ring buffer write and the reader's work. The row with a hit as the second \
+         frame is a reference only: its second frame skips the deny path, so its cache \
+         footprint differs from both.\n"
     );
     let floor = bench.variants[calm].floor;
-    let indices: Vec<usize> = floor.into_iter().chain([calm, storm]).collect();
+    // `storm::add_storm` pushes the reference variant right before `calm`, and `storm` right
+    // after it.
+    let indices: Vec<usize> = floor
+        .into_iter()
+        .chain(calm.saturating_sub(1)..=storm)
+        .collect();
     text.push_str(&variant_table(bench, &indices));
     let _ = writeln!(
         text,
@@ -721,8 +790,8 @@ fn cost(bench: &Bench, index: usize) -> Option<f64> {
     over_floor(bench, index).map(|over| over.median)
 }
 
-/// Splits the IPv4 hit cost into the steps the enforcer takes, from the verdict cases that
-/// stop after each step.
+/// Splits the IPv4 hit cost into parts measured by cases that differ from the hit by whole
+/// steps of the program, and by the probes that run one step alone.
 fn breakdown(results: &Results) -> String {
     let bench = results.bench;
     let find = |case: Case| {
@@ -733,53 +802,49 @@ fn breakdown(results: &Results) -> String {
             .find(|(candidate, shape, _)| *candidate == case && *shape == Shape::Ipv4)
             .and_then(|(_, _, index)| cost(bench, *index))
     };
-    let (Some(unprotected), Some(unknown), Some(hit)) = (
-        find(Case::Unprotected),
-        find(Case::UnknownDevice),
-        find(Case::Hit),
-    ) else {
+    let (Some(unprotected), Some(hit)) = (find(Case::Unprotected), find(Case::Hit)) else {
         return String::new();
     };
     let clock = cost(bench, results.layout.clock);
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "\nWhere the IPv4 hit's {} ns over the floor go, from the cases that stop earlier \
-         (differences of medians, so estimates):\n",
-        format_ns(hit)
-    );
-    let _ = writeln!(
-        text,
-        "- parsing and the prefix lookup, as for an unprotected destination: {} ns",
-        format_ns(unprotected)
-    );
     let parse = results
         .layout
         .parse
         .first()
         .and_then(|&index| cost(bench, index));
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "\nWhere the IPv4 hit's {} ns over the floor go (differences of medians, so \
+         estimates). An unprotected destination stops after the L2/L3 parse and the prefix \
+         lookup; the hit goes on through the transport parse, the device lookup, the rule \
+         match, the session lookup and the clock read. The unknown-device and expired cases \
+         are left out here, because they also punt and may build a reply, so they do not stop \
+         earlier than the hit:\n",
+        format_ns(hit)
+    );
+    let _ = writeln!(
+        text,
+        "- L2/L3 parse and the prefix lookup, the unprotected destination: {} ns",
+        format_ns(unprotected)
+    );
     if let Some(parse) = parse {
         let _ = writeln!(
             text,
-            "  (the whole parser alone, the `bench_parse` probe, costs {} ns)",
+            "  (the enforcer's whole parser alone, the `bench_parse` probe, costs {} ns)",
             format_ns(parse)
         );
     }
-    let _ = writeln!(
-        text,
-        "- the device lookup, unknown device minus unprotected: {} ns",
-        format_ns(unknown - unprotected)
-    );
     let clock_text = clock.map_or(String::new(), |clock| {
         format!(
-            ", of which the `bpf_ktime_get_boot_ns()` call alone costs {} ns (the `bench_clock` probe)",
+            "; the `bpf_ktime_get_boot_ns()` call alone costs {} ns (the `bench_clock` probe)",
             format_ns(clock)
         )
     });
     let _ = writeln!(
         text,
-        "- the session lookup and the clock read, hit minus unknown device: {} ns{clock_text}",
-        format_ns(hit - unknown)
+        "- transport parse, device and session lookups, rule match and clock read, hit minus \
+         unprotected: {} ns{clock_text}",
+        format_ns(hit - unprotected)
     );
     text
 }
@@ -936,17 +1001,19 @@ its floor measured in the same round, so slow moments of the machine cancel out.
     )
 }
 
-const PAGE_GAPS: &str = "
+const MAP_NOTE: &str = "
 The map-write rates are the kernel side of a grant and of reconcile: map writes only, without
 the store, the policy or the admin API.
+";
 
-## Not measured yet
+const PAGE_GAPS: &str = "
+## Not measured
 
-- The time from the identity provider's callback to the first passing packet: it needs the
-  portal's sign-in flow with the test identity provider and a browser, which the harness does
-  not drive yet.
-- Line-rate figures: this kernel has no pktgen. `scripts/pktgen.sh` drives Linux pktgen on a
-  real host and reports Mpps per verdict from the enforcer's counters.
+- Line rate: no line-rate figure was measured here. This kernel has no pktgen
+  (CONFIG_NET_PKTGEN is off and modules are disabled), so every packet figure above comes from
+  `BPF_PROG_TEST_RUN`. `scripts/pktgen.sh` drives Linux pktgen from a sender host and reports
+  Mpps per verdict from the enforcer's counters. Here only its argument checks and its stop on
+  a missing `/proc/net/pktgen` were run (`tests/tests/pktgen_script.rs`).
 ";
 
 /// One bar of a chart: the median with its range.
