@@ -117,7 +117,8 @@ struct Decision {
     /// Verdict counter of a pass.
     pass_counter: u32,
     action: Action,
-    monitor: bool,
+    /// `RULE_FLAG_*` bits of the rule that matched; zero for a pass.
+    rule_flags: u8,
 }
 
 impl Decision {
@@ -129,12 +130,12 @@ impl Decision {
             reason: None,
             pass_counter: counter,
             action: Action::Drop,
-            monitor: false,
+            rule_flags: 0,
         }
     }
 
     #[inline(always)]
-    fn deny(reason: Reason, device_id: u32, rule: &ResourceRule, monitor: bool) -> Self {
+    fn deny(reason: Reason, device_id: u32, rule: &ResourceRule) -> Self {
         Self {
             device_id,
             resource_id: rule.resource_id,
@@ -145,8 +146,14 @@ impl Decision {
             } else {
                 Action::Drop
             },
-            monitor,
+            rule_flags: rule.flags,
         }
+    }
+
+    /// Returns whether a deny passes in monitor mode, by its rule or by the configuration.
+    #[inline(always)]
+    fn monitor(&self, config: &Config) -> bool {
+        self.rule_flags & RULE_FLAG_MONITOR != 0 || config.flags & CONFIG_FLAG_MONITOR_ALL != 0
     }
 }
 
@@ -168,9 +175,7 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
         return later_fragment(&network, &packet);
     }
 
-    let reply_allowed = reply::allowed(&network, &packet);
-    let config = config();
-    let decision = decide(link, &network, &packet, rules, &config);
+    let decision = decide(link, &network, &packet, rules);
     if packet.fragment == Fragment::First {
         record_fragment(&network, &packet, &decision);
     }
@@ -178,20 +183,24 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
         return verdict(decision.pass_counter, XDP_PASS);
     };
 
+    // Only a deny needs the configuration and the reply checks, so a pass skips them.
+    let config = config();
+    let monitor = decision.monitor(&config);
+
     punt(
         &network,
         &packet.flow,
         decision.device_id,
         decision.resource_id,
         reason,
-        decision.monitor,
+        monitor,
         &config,
     );
-    if decision.monitor {
+    if monitor {
         return verdict(counters::PASS_MONITOR, XDP_PASS);
     }
     count(deny_counter(reason));
-    if decision.action == Action::Drop || !reply_allowed {
+    if decision.action == Action::Drop || !reply::allowed(&network, &packet) {
         return XDP_DROP;
     }
     match reply::build(ctx, &network, &packet) {
@@ -224,15 +233,15 @@ fn prefix_rules(network: &Network) -> Option<&'static PrefixRules> {
 }
 
 #[inline(always)]
-fn device(network: &Network) -> Option<DeviceEntry> {
+fn device(network: &Network) -> Option<&'static DeviceEntry> {
     if network.version == 4 {
         let mut address = [0u8; 4];
         address.copy_from_slice(&network.src[..4]);
-        // SAFETY: the value is copied out at once; user space replaces entries whole.
-        unsafe { DEVICES_V4.get(address) }.copied()
+        // SAFETY: user space replaces entries whole, and the caller reads the fields at once.
+        unsafe { DEVICES_V4.get(address) }
     } else {
         // SAFETY: as above.
-        unsafe { DEVICES_V6.get(network.src) }.copied()
+        unsafe { DEVICES_V6.get(network.src) }
     }
 }
 
@@ -260,13 +269,7 @@ fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
 /// MAC binding, session. An ICMP error takes the first rule matching its quoted flow, or else
 /// the first rule matching it as a plain ICMP packet.
 #[inline(always)]
-fn decide(
-    link: Link,
-    network: &Network,
-    packet: &Packet,
-    rules: &PrefixRules,
-    config: &Config,
-) -> Decision {
+fn decide(link: Link, network: &Network, packet: &Packet, rules: &PrefixRules) -> Decision {
     let plain_icmp = Flow {
         protocol: packet.protocol,
         has_ports: false,
@@ -279,6 +282,9 @@ fn decide(
         if index as u32 >= rules.count {
             break;
         }
+        // The rule is copied out: a reference into the map value would differ by rule index,
+        // and the verifier would walk the rest of the program once per index (over its
+        // 1,000,000-instruction limit for `enforcer_ip` on Linux 6.18).
         let rule = rules.rules[index];
         if rule_matches(&rule, &packet.flow) {
             matched = Some(rule);
@@ -296,26 +302,24 @@ fn decide(
         );
     };
 
-    let monitor =
-        rule.flags & RULE_FLAG_MONITOR != 0 || config.flags & CONFIG_FLAG_MONITOR_ALL != 0;
     let Some(device) = device(network) else {
-        return Decision::deny(Reason::UnknownDevice, UNKNOWN_DEVICE_ID, &rule, monitor);
+        return Decision::deny(Reason::UnknownDevice, UNKNOWN_DEVICE_ID, &rule);
     };
     let mac_bound = device.flags & DEVICE_FLAG_MAC_BOUND != 0;
     if link == Link::Ethernet && mac_bound && !same_mac(&device.mac, &network.src_mac) {
-        return Decision::deny(Reason::WrongMac, device.device_id, &rule, monitor);
+        return Decision::deny(Reason::WrongMac, device.device_id, &rule);
     }
 
     let key = SessionKey {
         device_id: device.device_id,
         resource_id: rule.resource_id,
     };
-    // SAFETY: the value is copied out at once; user space replaces entries whole.
-    let Some(session) = (unsafe { SESSIONS.get(key) }).copied() else {
-        return Decision::deny(Reason::NoSession, device.device_id, &rule, monitor);
+    // SAFETY: user space replaces entries whole, and the expiry is read at once.
+    let Some(session) = (unsafe { SESSIONS.get(key) }) else {
+        return Decision::deny(Reason::NoSession, device.device_id, &rule);
     };
     if boot_ns() >= session.expires_at_boot_ns {
-        return Decision::deny(Reason::Expired, device.device_id, &rule, monitor);
+        return Decision::deny(Reason::Expired, device.device_id, &rule);
     }
     Decision::pass(counters::PASS_SESSION, device.device_id, rule.resource_id)
 }
@@ -334,7 +338,7 @@ fn fragment_key(network: &Network, packet: &Packet) -> FragmentKey {
 
 #[inline(always)]
 fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
-    let allowed = decision.reason.is_none() || decision.monitor;
+    let allowed = decision.reason.is_none() || decision.monitor(&config());
     let counter = if decision.reason.is_none() {
         decision.pass_counter
     } else {
