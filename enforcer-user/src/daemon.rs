@@ -46,6 +46,8 @@ pub enum DaemonError {
     Admin(#[from] AdminError),
     #[error(transparent)]
     Idp(#[from] crate::idp::IdpError),
+    #[error(transparent)]
+    Webhook(#[from] crate::responder::WebhookError),
     #[error(
         "another enforcer daemon is already running on the pins in {folder} (lock file {lock}); stop it first, or give this daemon its own interface or pin_root"
     )]

@@ -184,6 +184,55 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Returns the absolute URL of `response`'s `Location` header, resolved against `base`.
+fn location(response: &reqwest::Response, base: &str) -> anyhow::Result<String> {
+    let value = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .with_context(|| format!("{} without a Location header", response.status()))?;
+    Ok(url::Url::parse(base)?.join(value)?.to_string())
+}
+
+/// Follows the IdP's redirects from `authorization_url` with `http` (which must keep cookies
+/// and follow no redirects), filling the test provider's login form for `login` when it
+/// appears, and returns the URL of the redirect that starts with `redirect_url`, without
+/// requesting it. It gives up after 10 hops.
+pub async fn authorize(
+    http: &reqwest::Client,
+    authorization_url: &str,
+    redirect_url: &str,
+    login: &str,
+) -> anyhow::Result<String> {
+    let mut url = authorization_url.to_owned();
+    for _ in 0..10 {
+        if url.starts_with(redirect_url) {
+            return Ok(url);
+        }
+        let response = http.get(&url).send().await?;
+        if response.status().is_redirection() {
+            url = location(&response, &url)?;
+            continue;
+        }
+        let page = response.text().await?;
+        if !page.contains("id=\"login-form\"") {
+            bail!("unexpected IdP page at {url}: {page}");
+        }
+        let base = url::Url::parse(&url)?;
+        let action = base.join(&format!("{}/login", base.path()))?;
+        let response = http
+            .post(action.as_str())
+            .form(&[("login", login), ("password", PASSWORD)])
+            .send()
+            .await?;
+        if !response.status().is_redirection() {
+            bail!("login of {login} failed: {}", response.status());
+        }
+        url = location(&response, action.as_str())?;
+    }
+    bail!("no redirect to {redirect_url} after 10 hops, last at {url}")
+}
+
 /// Headless chromium with a fresh profile, driven through chromedriver on 127.0.0.1.
 pub struct Browser {
     driver: Child,

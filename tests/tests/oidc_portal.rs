@@ -13,8 +13,8 @@ use std::{
 };
 
 use enforcer::{
-    idp::{Authentication, IdentityProvider, IdpConfig, PendingLogins},
-    portal::{self, DeviceStatus, Gateway, GrantRejected, Portal, SessionView},
+    idp::{Authentication, IdentityProvider, IdpConfig, LoginOrigin, PendingLogins},
+    portal::{self, DeviceStatus, Gateway, GrantRejected, Granted, Portal, SessionView},
     store::Store,
 };
 use enforcer_tests::oidc::{self, Browser, NodeServer, TempDir};
@@ -54,17 +54,23 @@ impl Gateway for RecordingGateway {
 
     fn grant(
         &self,
-        device_id: u32,
+        origin: LoginOrigin,
         authentication: &Authentication,
-    ) -> Result<Vec<SessionView>, GrantRejected> {
+    ) -> Result<Granted, GrantRejected> {
+        let device_id = origin.device_id.ok_or_else(|| GrantRejected {
+            reason: "this test gateway enrolls no devices".into(),
+        })?;
         self.grants
             .lock()
             .expect("grants lock")
             .push((device_id, authentication.clone()));
-        Ok(vec![SessionView {
-            resource: RESOURCE.to_owned(),
-            expires_at: SystemTime::now() + Duration::from_secs(3600),
-        }])
+        Ok(Granted {
+            sessions: vec![SessionView {
+                resource: RESOURCE.to_owned(),
+                expires_at: SystemTime::now() + Duration::from_secs(3600),
+            }],
+            enrolled_device: None,
+        })
     }
 }
 
@@ -77,6 +83,11 @@ struct Lab {
 }
 
 async fn lab() -> Lab {
+    lab_with("").await
+}
+
+/// Starts the IdP and a portal whose `[idp]` section ends with `extra_idp_config`.
+async fn lab_with(extra_idp_config: &str) -> Lab {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the portal");
@@ -89,19 +100,20 @@ async fn lab() -> Lab {
     let secret_path = dir.path().join("client-secret");
     std::fs::write(&secret_path, format!("{}\n", oidc::CLIENT_SECRET)).expect("write the secret");
     let text = format!(
-        "issuer = {:?}\nclient_id = {:?}\nclient_secret_file = {:?}\nredirect_url = {redirect:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n",
+        "issuer = {:?}\nclient_id = {:?}\nclient_secret_file = {:?}\nredirect_url = {redirect:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n{extra_idp_config}",
         idp_server.issuer,
         oidc::CLIENT_ID,
         secret_path.display().to_string(),
         oidc::ACR_MFA,
     );
     let config: IdpConfig = toml::from_str(&text).expect("IdP configuration parses");
+    let limits = config.pending_limits();
     let secret = config.load_client_secret().expect("read the client secret");
     let idp = IdentityProvider::discover(config, secret)
         .await
         .expect("discover the test IdP");
     let store = Store::open(&dir.path().join("store.redb")).expect("open the store");
-    let pending = PendingLogins::new(Arc::new(store));
+    let pending = PendingLogins::with_limits(Arc::new(store), limits);
     let gateway = Arc::new(RecordingGateway::default());
     let state = Portal::new(Arc::new(idp), pending, gateway.clone());
     let server = tokio::spawn(async move {
@@ -270,49 +282,151 @@ async fn step_up_asks_for_second_factor() {
     assert_eq!(authentication.acr.as_deref(), Some(oidc::ACR_MFA));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callback_from_other_device_grants_nothing() {
-    let lab = lab().await;
-    let http = reqwest::Client::builder()
+/// An HTTP client that follows no redirects, with source address `source`.
+fn client_from(source: Ipv4Addr) -> reqwest::Client {
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        .local_address(IpAddr::V4(source))
         .build()
-        .expect("HTTP client");
-    let response = http
-        .get(format!("{}/login", lab.portal_url))
+        .expect("HTTP client")
+}
+
+/// Sends `POST /login` from `client` and returns the response.
+async fn post_login(lab: &Lab, client: &reqwest::Client) -> reqwest::Response {
+    client
+        .post(format!("{}/login", lab.portal_url))
         .send()
         .await
-        .expect("start the sign-in from device 1");
-    let authorization = response
+        .expect("POST /login")
+}
+
+fn redirect_location(response: &reqwest::Response) -> String {
+    response
         .headers()
         .get(reqwest::header::LOCATION)
         .and_then(|value| value.to_str().ok())
         .expect("the portal redirects to the IdP")
-        .to_owned();
-    let state = url::Url::parse(&authorization)
-        .expect("authorization URL")
-        .query_pairs()
-        .find(|(name, _)| name == "state")
-        .map(|(_, value)| value.into_owned())
-        .expect("the authorization URL has a state");
+        .to_owned()
+}
 
-    // Device 2 (source 127.0.0.2) presents device 1's state.
-    let other = reqwest::Client::builder()
-        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callback_from_other_device_keeps_sign_in() {
+    let lab = lab().await;
+    let device_1 = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let device_2 = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    let response = post_login(&lab, &device_1).await;
+    let authorization = redirect_location(&response);
+
+    // The user of device 1 signs in at the IdP; the redirect back carries device 1's state.
+    let idp_browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
         .build()
-        .expect("HTTP client bound to 127.0.0.2");
-    let response = other
-        .get(format!(
-            "{}/callback?state={state}&code=stolen",
-            lab.portal_url
-        ))
+        .expect("HTTP client with cookies");
+    let callback = oidc::authorize(
+        &idp_browser,
+        &authorization,
+        &format!("{}/callback", lab.portal_url),
+        "alice",
+    )
+    .await
+    .expect("sign in at the IdP");
+
+    // Device 2 (source 127.0.0.2) presents that callback first.
+    let stolen = device_2
+        .get(&callback)
         .send()
         .await
         .expect("callback from device 2");
-    let status = response.status();
-    let body = response.text().await.expect("error page");
-    assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
-    assert!(body.contains("device 1 started it"), "{body}");
-    assert!(lab.gateway.grants().is_empty());
+    let stolen_status = stolen.status();
+    let stolen_body = stolen.text().await.expect("error page");
+    assert_eq!(stolen_status, reqwest::StatusCode::FORBIDDEN);
+    assert!(stolen_body.contains("device 1 started it"), "{stolen_body}");
+    assert!(lab.gateway.grants().is_empty(), "device 2 got no grant");
+
+    // Device 1's own callback still completes, because the rejection did not spend the state.
+    let owner = device_1
+        .get(&callback)
+        .send()
+        .await
+        .expect("callback from device 1");
+    let owner_status = owner.status();
+    let owner_body = owner.text().await.expect("result page");
+    assert_eq!(owner_status, reqwest::StatusCode::OK, "{owner_body}");
+    assert!(
+        owner_body.contains("signed in as alice@example.com"),
+        "{owner_body}"
+    );
+    let grants = lab.gateway.grants();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].0, 1, "the grant is for device 1");
+    assert_eq!(grants[0].1.subject, "alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_over_device_limit_gets_429() {
+    let lab = lab_with("max_pending_logins_per_device = 3\n").await;
+    let device_1 = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    for attempt in 1..=3 {
+        let response = post_login(&lab, &device_1).await;
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "sign-in {attempt} of 3 starts"
+        );
+    }
+
+    // Every further attempt, up to a bounded 20, is rejected without a store write.
+    for _ in 0..20 {
+        let response = post_login(&lab, &device_1).await;
+        assert_eq!(response.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+        let retry_after: u64 = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .expect("a Retry-After header in seconds");
+        assert!(
+            (1..=301).contains(&retry_after),
+            "retry after the first sign-in expires (login_ttl_secs 300): {retry_after}"
+        );
+        let body = response.text().await.expect("error page");
+        assert!(
+            body.contains("device 1 already has 3 sign-ins in progress"),
+            "{body}"
+        );
+    }
+
+    let device_2 = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    let other = post_login(&lab, &device_2).await;
+    assert_eq!(
+        other.status(),
+        reqwest::StatusCode::SEE_OTHER,
+        "another device has its own limit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_over_total_limit_gets_429() {
+    let lab = lab_with("max_pending_logins = 2\n").await;
+    let device_1 = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let device_2 = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    assert_eq!(
+        post_login(&lab, &device_1).await.status(),
+        reqwest::StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        post_login(&lab, &device_2).await.status(),
+        reqwest::StatusCode::SEE_OTHER
+    );
+    let over = post_login(&lab, &device_2).await;
+    assert_eq!(over.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    assert!(over.headers().contains_key(reqwest::header::RETRY_AFTER));
+    let body = over.text().await.expect("error page");
+    assert!(
+        body.contains("the gateway already has 2 sign-ins in progress"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

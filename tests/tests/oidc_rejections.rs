@@ -3,11 +3,15 @@
 //! `oidc-provider` test IdP, or from the hostile signer in `tests/idp/hostile.mjs` for tokens
 //! a correct provider never issues.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use enforcer::idp::{
     Authentication, CallbackParams, IdentityProvider, IdpConfig, IdpError, LoginOptions,
-    PendingLogins,
+    LoginOrigin, PendingLogins,
 };
 use enforcer::store::Store;
 use enforcer_tests::oidc::{self, NodeServer, TempDir};
@@ -15,8 +19,14 @@ use enforcer_tests::oidc::{self, NodeServer, TempDir};
 /// Whether an error is the one a hostile token must cause.
 type ErrorCheck = fn(&IdpError) -> bool;
 
-const DEVICE: u32 = 1;
-const OTHER_DEVICE: u32 = 2;
+const DEVICE: LoginOrigin = LoginOrigin {
+    device_id: Some(1),
+    address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+};
+const OTHER_DEVICE: LoginOrigin = LoginOrigin {
+    device_id: Some(2),
+    address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
+};
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 struct Env {
@@ -91,60 +101,12 @@ fn callback_params(location: &str) -> CallbackParams {
     }
 }
 
-fn location(response: &reqwest::Response, base: &str) -> String {
-    let value = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_else(|| panic!("{} without a Location header", response.status()));
-    url::Url::parse(base)
-        .and_then(|base| base.join(value))
-        .expect("the Location header is a URL")
-        .to_string()
-}
-
-/// Follows the IdP's redirects from `authorization_url`, filling the test provider's login
-/// form when it appears, until the redirect to the portal's callback. It gives up after 10
-/// hops.
+/// Signs `login` in at the IdP and returns the parameters of the redirect to the callback.
 async fn authorize(env: &Env, authorization_url: &str, login: &str) -> CallbackParams {
-    let mut url = authorization_url.to_owned();
-    for _ in 0..10 {
-        if url.starts_with(REDIRECT) {
-            return callback_params(&url);
-        }
-        let response = env.http.get(&url).send().await.expect("IdP request");
-        if response.status().is_redirection() {
-            url = location(&response, &url);
-            continue;
-        }
-        let page = response.text().await.expect("IdP page");
-        assert!(
-            page.contains("id=\"login-form\""),
-            "unexpected IdP page: {page}"
-        );
-        let action = url::Url::parse(&url)
-            .and_then(|base| {
-                base.join(&format!(
-                    "{}/login",
-                    url::Url::parse(&url).expect("URL").path()
-                ))
-            })
-            .expect("login form URL");
-        let response = env
-            .http
-            .post(action.as_str())
-            .form(&[("login", login), ("password", oidc::PASSWORD)])
-            .send()
-            .await
-            .expect("post the login form");
-        assert!(
-            response.status().is_redirection(),
-            "login failed: {}",
-            response.status()
-        );
-        url = location(&response, action.as_str());
-    }
-    panic!("no redirect to the callback after 10 hops, last at {url}");
+    let url = oidc::authorize(&env.http, authorization_url, REDIRECT, login)
+        .await
+        .expect("sign in at the IdP");
+    callback_params(&url)
 }
 
 async fn sign_in_with_mode(
@@ -298,17 +260,21 @@ async fn callback_other_device_rejected() {
         .await;
     assert!(
         matches!(
-            stolen,
+            &stolen,
             Err(IdpError::DeviceMismatch {
-                expected: Some(DEVICE),
-                actual: OTHER_DEVICE
-            })
+                expected: Some(1),
+                actual,
+                ..
+            }) if *actual == OTHER_DEVICE
         ),
         "{stolen:?}"
     );
-    // The state is spent, so the owner cannot reuse a callback that leaked.
+    // The rejected callback left the state in place, so the rightful sign-in completes.
     let owner = env.idp.complete_login(&env.pending, DEVICE, &params).await;
-    assert!(matches!(owner, Err(IdpError::UnknownState)), "{owner:?}");
+    let authentication = owner.expect("the device that started the sign-in completes it");
+    assert_eq!(authentication.subject, "mallory");
+    let replay = env.idp.complete_login(&env.pending, DEVICE, &params).await;
+    assert!(matches!(replay, Err(IdpError::UnknownState)), "{replay:?}");
 }
 
 #[tokio::test]

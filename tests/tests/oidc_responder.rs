@@ -1,6 +1,7 @@
 //! Reauth responder delivery over real loopback HTTP: webhook retries against a receiver
-//! that fails first, the portal's server-sent event stream read with curl, and a snooze
-//! chosen from the portal. Punts are built by hand here; the kernel's punt path is covered
+//! that fails first, each delivery's HMAC signature checked by an independent verifier
+//! (Python's `hmac` module), the portal's server-sent event stream read with curl, and a
+//! snooze chosen from the portal. Punts are built by hand here; the kernel's punt path is covered
 //! by the data-path tests.
 
 use std::{
@@ -12,9 +13,11 @@ use std::{
 
 use enforcer::{
     dataplane::punts::Punt,
-    idp::{Authentication, PendingLogins},
-    portal::{self, DeviceStatus, Gateway, GrantRejected, Portal, SessionView},
-    responder::{PuntOutcome, Responder, ResponderConfig, WebhookConfig},
+    idp::{Authentication, LoginOrigin, PendingLogins},
+    portal::{self, DeviceStatus, Gateway, GrantRejected, Granted, Portal},
+    responder::{
+        PuntOutcome, Responder, ResponderConfig, SignatureError, WebhookConfig, WebhookSecret,
+    },
     store::Store,
 };
 use enforcer_tests::oidc::TempDir;
@@ -45,9 +48,26 @@ fn config(webhook: Option<WebhookConfig>) -> ResponderConfig {
     }
 }
 
+/// A request the webhook receiver got: its lowercase header names with values, and body.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+    }
+}
+
 /// Serves HTTP on 127.0.0.1, responding 503 to the first `failures` requests and 204 after,
-/// and returns the request bodies it received. It stops after `max_requests` requests.
-fn webhook_receiver(failures: usize, max_requests: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+/// and returns the requests it received. It stops after `max_requests` requests.
+fn webhook_receiver(failures: usize, max_requests: usize) -> (String, Arc<Mutex<Vec<Received>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
     let url = format!(
         "http://{}/hook",
@@ -60,10 +80,14 @@ fn webhook_receiver(failures: usize, max_requests: usize) -> (String, Arc<Mutex<
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
             let mut length = 0;
+            let mut headers = Vec::new();
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
                 }
                 if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                     length = value.trim().parse().unwrap_or(0);
@@ -71,10 +95,10 @@ fn webhook_receiver(failures: usize, max_requests: usize) -> (String, Arc<Mutex<
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            received
-                .lock()
-                .expect("bodies lock")
-                .push(String::from_utf8_lossy(&body).into_owned());
+            received.lock().expect("requests lock").push(Received {
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
             let status = if index < failures {
                 "503 Service Unavailable"
             } else {
@@ -89,10 +113,40 @@ fn webhook_receiver(failures: usize, max_requests: usize) -> (String, Arc<Mutex<
     (url, bodies)
 }
 
+/// Signing secret of the webhook tests, passed through a file as the daemon reads it.
+const WEBHOOK_SECRET: &str = "webhook-test-secret-0123456789abcdef";
+
+/// Verifies a webhook signature the way a receiver written in Python would, with the
+/// standard `hmac` module, and returns whether it matches.
+fn python_verifies(secret: &str, timestamp: &str, signature: &str, body: &str) -> bool {
+    let script = "import hmac, hashlib, sys\n\
+secret, timestamp, signature = sys.argv[1:4]\n\
+body = sys.stdin.buffer.read()\n\
+mac = hmac.new(secret.encode(), timestamp.encode() + b'.' + body, hashlib.sha256)\n\
+sys.exit(0 if hmac.compare_digest('sha256=' + mac.hexdigest(), signature) else 1)\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script, secret, timestamp, signature])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    child
+        .stdin
+        .take()
+        .expect("python3 stdin")
+        .write_all(body.as_bytes())
+        .expect("write the body to python3");
+    child.wait().expect("wait for python3").success()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_retries_until_delivered() {
     let (url, bodies) = webhook_receiver(2, 10);
+    let dir = TempDir::new("webhook").expect("create a scratch folder");
+    let secret_path = dir.path().join("webhook-secret");
+    std::fs::write(&secret_path, format!("{WEBHOOK_SECRET}\n")).expect("write the secret");
     let webhook = WebhookConfig {
+        secret_file: Some(secret_path),
+        secret_env: None,
         url,
         max_attempts: 4,
         initial_backoff_ms: 10,
@@ -100,7 +154,7 @@ async fn webhook_retries_until_delivered() {
         timeout_secs: 5,
         queue_length: 8,
     };
-    let (responder, worker) = Responder::new(config(Some(webhook)));
+    let (responder, worker) = Responder::new(config(Some(webhook))).expect("create the responder");
     let (deliveries, mut delivered) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(
         worker
@@ -129,14 +183,87 @@ async fn webhook_retries_until_delivered() {
         enforcer::responder::Delivery::Delivered { attempts: 3 }
     );
 
-    let bodies = bodies.lock().expect("bodies lock").clone();
-    assert_eq!(bodies.len(), 3, "two failures and one success");
-    let json: serde_json::Value = serde_json::from_str(&bodies[2]).expect("the body is JSON");
+    let requests = bodies.lock().expect("requests lock").clone();
+    assert_eq!(requests.len(), 3, "two failures and one success");
+    let json: serde_json::Value =
+        serde_json::from_str(&requests[2].body).expect("the body is JSON");
     assert_eq!(json["device_id"], 3);
     assert_eq!(json["resource_ids"], serde_json::json!([10]));
     assert!(
         delivered.try_recv().is_err(),
         "one notification for 50 punts"
+    );
+
+    // Every attempt is signed, and an independent HMAC implementation verifies it.
+    for (attempt, request) in requests.iter().enumerate() {
+        let timestamp = request.header("x-enforcer-timestamp");
+        let signature = request.header("x-enforcer-signature");
+        assert!(
+            signature.starts_with("sha256="),
+            "attempt {attempt}: {signature}"
+        );
+        assert!(
+            python_verifies(WEBHOOK_SECRET, timestamp, signature, &request.body),
+            "attempt {attempt}: the receiver verifies the signature"
+        );
+    }
+    let delivered = &requests[2];
+    let timestamp = delivered.header("x-enforcer-timestamp");
+    let signature = delivered.header("x-enforcer-signature");
+    let tampered = delivered.body.replace("\"device_id\":3", "\"device_id\":4");
+    assert_ne!(tampered, delivered.body, "the test changed the body");
+    assert!(
+        !python_verifies(WEBHOOK_SECRET, timestamp, signature, &tampered),
+        "a tampered body fails verification"
+    );
+    let later = (timestamp.parse::<u64>().expect("a numeric timestamp") + 1).to_string();
+    assert!(
+        !python_verifies(WEBHOOK_SECRET, &later, signature, &delivered.body),
+        "a changed timestamp fails verification, because the MAC covers it"
+    );
+    assert!(
+        !python_verifies(
+            "another-secret-0123456789abcdef0123",
+            timestamp,
+            signature,
+            &delivered.body
+        ),
+        "another secret fails verification"
+    );
+
+    // The library's own verifier, for receivers written in Rust, agrees.
+    let secret = WebhookSecret::new(WEBHOOK_SECRET);
+    let now = std::time::SystemTime::now();
+    let window = Duration::from_secs(300);
+    assert_eq!(
+        secret.verify(timestamp, signature, delivered.body.as_bytes(), now, window),
+        Ok(())
+    );
+    assert_eq!(
+        secret.verify(timestamp, signature, tampered.as_bytes(), now, window),
+        Err(SignatureError::Mismatch)
+    );
+}
+
+#[test]
+fn webhook_without_secret_fails_start() {
+    let webhook = WebhookConfig {
+        url: "http://127.0.0.1:9/hook".into(),
+        secret_file: None,
+        secret_env: None,
+        max_attempts: 1,
+        initial_backoff_ms: 10,
+        max_per_minute: 60,
+        timeout_secs: 1,
+        queue_length: 1,
+    };
+    let err = Responder::new(config(Some(webhook)))
+        .err()
+        .expect("a webhook without a secret is rejected");
+    assert!(
+        err.to_string()
+            .contains("set `secret_file` or `secret_env`"),
+        "{err}"
     );
 }
 
@@ -156,7 +283,7 @@ impl Gateway for LoopbackGateway {
         }
     }
 
-    fn grant(&self, _: u32, _: &Authentication) -> Result<Vec<SessionView>, GrantRejected> {
+    fn grant(&self, _: LoginOrigin, _: &Authentication) -> Result<Granted, GrantRejected> {
         Err(GrantRejected {
             reason: "no sign-in in this test".into(),
         })
@@ -176,7 +303,7 @@ async fn portal_server() -> PortalServer {
         PendingLogins::new(Arc::new(store)),
         Arc::new(LoopbackGateway),
     );
-    let (responder, _) = Responder::new(config(None));
+    let (responder, _) = Responder::new(config(None)).expect("create the responder");
     portal.set_responder(responder.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -10,6 +10,7 @@
 //! restart and every committed one is written again. Until that restart the uncommitted entry
 //! lets its pair pass, for at most the session it was granted.
 
+mod enroll;
 mod grants;
 mod ops;
 mod reconcile;
@@ -27,6 +28,7 @@ use crate::{
     store::{Store, StoreError},
 };
 
+pub use enroll::EnrollReport;
 pub use grants::{BatchGranted, GrantTarget, MAX_GRANT_BATCH};
 pub use ops::{
     GrantedSession, ReloadReport, RevokeReport, RevokeSelector, SignInReport, SkippedResource,

@@ -67,8 +67,43 @@ pub struct ReloadReport {
     pub maps: ReconcileReport,
 }
 
+/// What a sign-in renews, before anything is written.
+pub(super) struct SignInPlan {
+    pub report: SignInReport,
+    /// Session records with their kernel expiry.
+    pub sessions: Vec<(SessionRecord, u64)>,
+    /// `SignIn`, or `SignInRejected` for a user whom no resource allows.
+    pub kind: AuditKind,
+}
+
+/// Returns the audit entry of a sign-in on `device` that renewed `renewed` resources.
+pub(super) fn sign_in_audit(
+    kind: AuditKind,
+    actor: &str,
+    device: &DeviceRecord,
+    auth: &AuthRecord,
+    renewed: usize,
+) -> AuditEntry {
+    AuditEntry {
+        kind,
+        actor: actor.to_owned(),
+        device_id: Some(device.id),
+        resource_id: None,
+        detail: format!(
+            "signed in on device {} (amr {}, acr {}); renewed {renewed} resource(s)",
+            device.name,
+            if auth.amr.is_empty() {
+                "none".to_owned()
+            } else {
+                auth.amr.join(",")
+            },
+            auth.acr.as_deref().unwrap_or("none"),
+        ),
+    }
+}
+
 /// Previous kernel values of entries about to be written, to restore them on failure.
-type Undo = Vec<(SessionKey, Option<SessionValue>)>;
+pub(super) type Undo = Vec<(SessionKey, Option<SessionValue>)>;
 
 impl<M: KernelMaps> Engine<M> {
     /// Records a successful authentication of `user` on `device_id` and renews the session
@@ -103,6 +138,37 @@ impl<M: KernelMaps> Engine<M> {
             return Err(EngineError::Denied(message));
         }
 
+        let plan = self.plan_sign_in(device_id, &user, &auth);
+        let SignInPlan {
+            report,
+            sessions,
+            kind,
+        } = plan;
+        self.commit_sessions(&sessions, |txn| {
+            txn.put_user(&user)?;
+            txn.put_authentication(device_id, &auth)?;
+            txn.audit(sign_in_audit(kind, &actor, &device, &auth, sessions.len()))?;
+            Ok(())
+        })?;
+        self.metrics.sign_ins.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            device_id,
+            user = %user.key.subject,
+            granted = report.granted.len(),
+            skipped = report.skipped.len(),
+            "sign-in"
+        );
+        Ok(report)
+    }
+
+    /// Decides which resources a sign-in of `user` with `auth` on `device_id` renews, and
+    /// whether the audit records it as a sign-in or as a rejected one.
+    pub(super) fn plan_sign_in(
+        &self,
+        device_id: u32,
+        user: &UserRecord,
+        auth: &AuthRecord,
+    ) -> SignInPlan {
         let now = self.clock.now();
         let principal = Principal {
             subject: &user.key.subject,
@@ -163,37 +229,11 @@ impl<M: KernelMaps> Engine<M> {
         } else {
             AuditKind::SignIn
         };
-        self.commit_sessions(&sessions, |txn| {
-            txn.put_user(&user)?;
-            txn.put_authentication(device_id, &auth)?;
-            txn.audit(AuditEntry {
-                kind,
-                actor: actor.clone(),
-                device_id: Some(device_id),
-                resource_id: None,
-                detail: format!(
-                    "signed in on device {} (amr {}, acr {}); renewed {} resource(s)",
-                    device.name,
-                    if auth.amr.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        auth.amr.join(",")
-                    },
-                    auth.acr.as_deref().unwrap_or("none"),
-                    sessions.len()
-                ),
-            })?;
-            Ok(())
-        })?;
-        self.metrics.sign_ins.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            device_id,
-            user = %user.key.subject,
-            granted = report.granted.len(),
-            skipped = report.skipped.len(),
-            "sign-in"
-        );
-        Ok(report)
+        SignInPlan {
+            report,
+            sessions,
+            kind,
+        }
     }
 
     /// Grants `device_id` a session to `resource` for `duration`, from now. The policy must
@@ -295,6 +335,34 @@ impl<M: KernelMaps> Engine<M> {
         sessions: &[(SessionRecord, u64)],
         extra: impl FnOnce(&mut StoreWrite) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
+        let undo = self.write_sessions(sessions)?;
+
+        let result = (|| {
+            let mut txn = self.store.begin_write()?;
+            for (record, _) in sessions {
+                txn.put_session(record)?;
+            }
+            extra(&mut txn)?;
+            txn.commit()?;
+            Ok::<(), EngineError>(())
+        })();
+        if let Err(err) = result {
+            tracing::error!(error = %err, "failed to commit sessions; restored the kernel map");
+            self.restore(&undo);
+            return Err(err);
+        }
+        self.metrics
+            .grants
+            .fetch_add(sessions.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes `sessions` to the kernel and returns the previous values, so `restore` can
+    /// undo them. On failure the entries written so far are restored already.
+    pub(super) fn write_sessions(
+        &mut self,
+        sessions: &[(SessionRecord, u64)],
+    ) -> Result<Undo, EngineError> {
         // Each previous value is read on its own: dumping a map of a million sessions per
         // grant would cost seconds.
         let mut undo: Undo = Vec::new();
@@ -323,28 +391,11 @@ impl<M: KernelMaps> Engine<M> {
             undo.push((key, previous));
         }
 
-        let result = (|| {
-            let mut txn = self.store.begin_write()?;
-            for (record, _) in sessions {
-                txn.put_session(record)?;
-            }
-            extra(&mut txn)?;
-            txn.commit()?;
-            Ok::<(), EngineError>(())
-        })();
-        if let Err(err) = result {
-            tracing::error!(error = %err, "failed to commit sessions; restored the kernel map");
-            self.restore(&undo);
-            return Err(err);
-        }
-        self.metrics
-            .grants
-            .fetch_add(sessions.len() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(undo)
     }
 
     /// Puts back the kernel session entries recorded in `undo`, newest first.
-    fn restore(&mut self, undo: &Undo) {
+    pub(super) fn restore(&mut self, undo: &Undo) {
         for (key, previous) in undo.iter().rev() {
             let result = match previous {
                 Some(value) => self.maps.set_session(*key, *value),

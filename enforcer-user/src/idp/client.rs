@@ -28,7 +28,7 @@ use crate::store::PendingLogin;
 
 use super::{
     Authentication, IdpConfig, IdpError,
-    pending::{PendingLogins, unix_ms},
+    pending::{LoginOrigin, PendingLogins, unix_ms},
     verify::{ExtraClaims, IdToken, TokenCheck, verify_id_token},
 };
 
@@ -140,6 +140,35 @@ impl DeviceAuthorization {
 
     pub fn expires_in(&self) -> Duration {
         self.response.expires_in()
+    }
+
+    /// Returns when the device code expires.
+    pub fn expires_at(&self) -> SystemTime {
+        self.requested_at + self.response.expires_in()
+    }
+
+    /// Returns the IdP's response as JSON, to store it and resume polling after a restart.
+    /// It contains the device code, which is a secret.
+    pub fn response_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.response).unwrap_or_default()
+    }
+
+    /// Rebuilds a started grant from `response_json` of a stored one.
+    pub fn resume(
+        response: serde_json::Value,
+        requested_at: SystemTime,
+        mfa: bool,
+    ) -> Result<Self, IdpError> {
+        let response = serde_json::from_value(response).map_err(|err| {
+            IdpError::Store(format!(
+                "the stored device authorization response is unreadable: {err}"
+            ))
+        })?;
+        Ok(Self {
+            response,
+            requested_at,
+            mfa,
+        })
     }
 }
 
@@ -384,12 +413,12 @@ impl IdentityProvider {
             .map(|scope| Scope::new(scope.clone()))
     }
 
-    /// Builds an authorization request for `device_id` and stores its state, nonce and PKCE
+    /// Builds an authorization request for `origin` and stores its state, nonce and PKCE
     /// verifier. It always requests a fresh authentication (`prompt=login` and `max_age`).
     pub fn begin_login(
         &self,
         pending: &PendingLogins,
-        device_id: u32,
+        origin: LoginOrigin,
         options: LoginOptions,
     ) -> Result<AuthorizationRequest, IdpError> {
         let client = self.client()?;
@@ -417,36 +446,33 @@ impl IdentityProvider {
             state: state.secret().clone(),
             nonce: nonce.secret().clone(),
             pkce_verifier: verifier.secret().clone(),
-            device_id: Some(device_id),
+            device_id: origin.device_id,
+            source_address: Some(origin.address),
             return_to: None,
             created_unix_ms: unix_ms(now),
             expires_unix_ms: unix_ms(now + self.config.login_ttl()),
             mfa: options.mfa,
         };
-        pending.create(&login)?;
-        debug!(device_id, mfa = options.mfa, "started a sign-in");
+        pending.create(&login, origin, now)?;
+        debug!(device_id = origin.device_id, address = %origin.address, mfa = options.mfa, "started a sign-in");
         Ok(AuthorizationRequest {
             url,
             state: state.secret().clone(),
         })
     }
 
-    /// Completes a sign-in from the redirect back to the portal. The pending sign-in is
-    /// consumed whatever the outcome, so a state works once.
+    /// Completes a sign-in from the redirect back to the portal. A callback from another
+    /// origin than the one that started the sign-in is rejected and leaves it in place.
+    /// Otherwise the pending sign-in is consumed whatever the outcome, so a state works once.
     pub async fn complete_login(
         &self,
         pending: &PendingLogins,
-        device_id: u32,
+        origin: LoginOrigin,
         params: &CallbackParams,
     ) -> Result<Authentication, IdpError> {
         let state = params.state.as_deref().ok_or(IdpError::UnknownState)?;
-        let login = pending.take(state, SystemTime::now())?;
-        if login.device_id != Some(device_id) {
-            return Err(IdpError::DeviceMismatch {
-                expected: login.device_id,
-                actual: device_id,
-            });
-        }
+        let login = pending.take(state, origin, SystemTime::now())?;
+        let device_id = origin.device_id;
         if let Some(iss) = &params.iss {
             if *iss != self.config.issuer {
                 return Err(IdpError::CallbackIssuerMismatch {
@@ -474,6 +500,7 @@ impl IdentityProvider {
         let id_token = response.id_token().ok_or(IdpError::MissingIdToken)?;
         debug!(
             device_id,
+            address = %origin.address,
             scopes = ?response.scopes(),
             "exchanged the authorization code"
         );
@@ -519,7 +546,8 @@ impl IdentityProvider {
     }
 
     /// Polls the token endpoint as RFC 8628 requires (the given interval, 5 s more after each
-    /// `slow_down`, until the code expires) and verifies the resulting ID token.
+    /// `slow_down`, until the code expires at `expires_at`) and verifies the resulting ID
+    /// token.
     pub async fn finish_device_authorization(
         &self,
         authorization: &DeviceAuthorization,
@@ -531,10 +559,14 @@ impl IdentityProvider {
             .clone()
             .ok_or(IdpError::DeviceFlowUnsupported)?;
         let client = self.client()?.set_device_authorization_url(endpoint);
+        let left = authorization
+            .expires_at()
+            .duration_since(SystemTime::now())
+            .map_err(|_| IdpError::DeviceCodeExpired)?;
         let response = client
             .exchange_device_access_token(&authorization.response)
             .map_err(|err| IdpError::Config(format!("the IdP has no token endpoint: {err}")))?
-            .request_async(&self.http, tokio::time::sleep, None)
+            .request_async(&self.http, tokio::time::sleep, Some(left))
             .await
             .map_err(device_token_error)?;
         let id_token = response.id_token().ok_or(IdpError::MissingIdToken)?;

@@ -43,6 +43,13 @@ pub struct IdpConfig {
     /// How long a started sign-in (state, nonce, PKCE verifier) stays valid, in seconds.
     #[serde(default = "default_login_ttl_secs")]
     pub login_ttl_secs: u64,
+    /// Sign-ins in progress allowed per device (per address for an unenrolled one); a
+    /// further `/login` gets 429 until one completes or expires.
+    #[serde(default = "default_max_pending_logins_per_device")]
+    pub max_pending_logins_per_device: usize,
+    /// Sign-ins in progress allowed on the gateway, across all devices.
+    #[serde(default = "default_max_pending_logins")]
+    pub max_pending_logins: usize,
     /// Minimum time between two key set refetches caused by an unknown key id, in seconds.
     #[serde(default = "default_key_refetch_secs")]
     pub key_refetch_min_interval_secs: u64,
@@ -78,6 +85,14 @@ fn default_leeway_secs() -> u64 {
 
 fn default_login_ttl_secs() -> u64 {
     300
+}
+
+fn default_max_pending_logins_per_device() -> usize {
+    super::pending::DEFAULT_MAX_PENDING_PER_DEVICE
+}
+
+fn default_max_pending_logins() -> usize {
+    super::pending::DEFAULT_MAX_PENDING
 }
 
 fn default_key_refetch_secs() -> u64 {
@@ -174,8 +189,20 @@ impl IdpConfig {
         if self.login_ttl_secs == 0 {
             return Err(IdpError::Config("`login_ttl_secs` must be positive".into()));
         }
+        if self.max_pending_logins_per_device == 0 || self.max_pending_logins == 0 {
+            return Err(IdpError::Config(
+                "`max_pending_logins_per_device` and `max_pending_logins` must be positive, or no one can sign in".into(),
+            ));
+        }
         self.signing_algorithms()?;
         Ok(())
+    }
+
+    pub fn pending_limits(&self) -> super::PendingLimits {
+        super::PendingLimits {
+            per_device: self.max_pending_logins_per_device,
+            total: self.max_pending_logins,
+        }
     }
 
     pub fn leeway(&self) -> Duration {

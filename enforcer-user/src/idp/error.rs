@@ -1,9 +1,11 @@
 //! Errors of the identity provider client. Each rejection of a sign-in has its own variant,
 //! so callers, logs and tests can tell exactly which check failed.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use thiserror::Error;
+
+use super::pending::LoginOrigin;
 
 /// An IdP configuration, discovery, sign-in or token validation failure.
 #[derive(Debug, Error)]
@@ -57,8 +59,28 @@ pub enum IdpError {
     #[error("the sign-in expired {expired_for:?} ago; start it again from the portal")]
     ExpiredState { expired_for: Duration },
 
-    #[error("the sign-in callback came from device {actual} but {} started it; finish the sign-in on the device that started it", expected.map(|id| format!("device {id}")).unwrap_or_else(|| "an unenrolled address".into()))]
-    DeviceMismatch { expected: Option<u32>, actual: u32 },
+    #[error(
+        "the sign-in callback came from {actual} but {} started it; finish the sign-in on the device that started it",
+        started_by(*expected, *expected_address)
+    )]
+    DeviceMismatch {
+        expected: Option<u32>,
+        expected_address: Option<IpAddr>,
+        actual: LoginOrigin,
+    },
+
+    #[error(
+        "{} already has {limit} sign-ins in progress; finish one of them or try again in {} s",
+        origin.map_or_else(|| "the gateway".to_owned(), |origin| origin.to_string()),
+        retry_after.as_secs()
+    )]
+    TooManyPendingLogins {
+        /// The origin over its own limit, or `None` when the gateway is over its total.
+        origin: Option<LoginOrigin>,
+        limit: usize,
+        /// Time until the first of those sign-ins expires.
+        retry_after: Duration,
+    },
 
     #[error("the callback names issuer {found:?} but {expected:?} is configured")]
     CallbackIssuerMismatch { expected: String, found: String },
@@ -134,6 +156,14 @@ pub enum IdpError {
 
     #[error("store error for pending sign-ins: {0}")]
     Store(String),
+}
+
+fn started_by(device_id: Option<u32>, address: Option<IpAddr>) -> String {
+    match (device_id, address) {
+        (Some(device_id), _) => format!("device {device_id}"),
+        (None, Some(address)) => format!("unenrolled address {address}"),
+        (None, None) => "an unenrolled address".to_owned(),
+    }
 }
 
 impl IdpError {

@@ -16,7 +16,7 @@ pub use client::{
 };
 pub use config::IdpConfig;
 pub use error::IdpError;
-pub use pending::PendingLogins;
+pub use pending::{LoginOrigin, PendingLimits, PendingLogins};
 pub use verify::is_multi_factor;
 
 /// A verified authentication of a user by the IdP.

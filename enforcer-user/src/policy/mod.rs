@@ -195,6 +195,18 @@ pub struct Policy {
     /// Minimum time between two punts for the same (device, resource) pair.
     #[serde(with = "duration_secs")]
     pub punt_interval: Duration,
+    /// Enrollment of unknown source addresses by their first sign-in.
+    pub enrollment: EnrollmentSettings,
+}
+
+/// `enroll_on_first_sign_in` and `enroll_from` of `[settings]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EnrollmentSettings {
+    /// A sign-in from an address with no enrolled device enrolls a device owned by the
+    /// signed-in user.
+    pub on_first_sign_in: bool,
+    /// Source prefixes allowed to enroll that way; empty allows every address.
+    pub from: Vec<IpNet>,
 }
 
 impl Policy {
@@ -205,6 +217,25 @@ impl Policy {
             source,
         })?;
         parse(&path.display().to_string(), &text).map_err(PolicyLoadError::Invalid)
+    }
+
+    /// Checks that a sign-in from `address`, which no enrolled device has, may enroll one.
+    /// The error says why not and what an administrator can change.
+    pub fn check_enrollment(&self, address: IpAddr) -> Result<(), String> {
+        let settings = &self.enrollment;
+        if !settings.on_first_sign_in {
+            return Err(format!(
+                "no device is enrolled with address {address}; ask an administrator to enroll it (`enforcer device enroll`), or to set `enroll_on_first_sign_in = true` in the policy's [settings]"
+            ));
+        }
+        if !settings.from.is_empty() && !settings.from.iter().any(|net| net.contains(&address)) {
+            let allowed: Vec<String> = settings.from.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "no device is enrolled with address {address}, and it is outside `enroll_from` ({}), so it cannot enroll on its first sign-in; ask an administrator to enroll it or to add its prefix to `enroll_from`",
+                allowed.join(", ")
+            ));
+        }
+        Ok(())
     }
 
     pub fn resource(&self, name: &str) -> Option<&Resource> {

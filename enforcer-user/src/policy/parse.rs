@@ -7,8 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    DEFAULT_MFA_AMR, Destination, ExpiryAction, MAX_SESSION, Policy, PolicyDevice, PolicyError,
-    Protocol, Resource,
+    DEFAULT_MFA_AMR, Destination, EnrollmentSettings, ExpiryAction, MAX_SESSION, Policy,
+    PolicyDevice, PolicyError, Protocol, Resource,
 };
 
 #[derive(Deserialize)]
@@ -29,6 +29,10 @@ struct RawSettings {
     #[serde(default)]
     mfa_acr: Vec<String>,
     punt_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    enroll_on_first_sign_in: bool,
+    #[serde(default)]
+    enroll_from: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +138,7 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
         })
         .collect();
     let devices = parse_devices(&mut errors, &raw.devices);
+    let enrollment = parse_enrollment(&mut errors, &raw.settings);
 
     if !errors.list.is_empty() {
         return Err(errors.list);
@@ -150,7 +155,36 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
         mfa_amr,
         mfa_acr: raw.settings.mfa_acr,
         punt_interval,
+        enrollment,
     })
+}
+
+fn parse_enrollment(errors: &mut Errors<'_>, raw: &RawSettings) -> EnrollmentSettings {
+    let mut from = Vec::new();
+    for text in &raw.enroll_from {
+        match text.get_ref().parse::<IpNet>() {
+            Ok(net) => from.push(net.trunc()),
+            Err(_) => errors.push(
+                text,
+                format!(
+                    "enroll_from prefix {:?} is invalid: use a CIDR prefix such as 192.0.2.0/24 or 2001:db8::/32",
+                    text.get_ref()
+                ),
+            ),
+        }
+    }
+    if !raw.enroll_on_first_sign_in
+        && let Some(first) = raw.enroll_from.first()
+    {
+        errors.push(
+            first,
+            "enroll_from is set but enroll_on_first_sign_in is not; set enroll_on_first_sign_in = true or remove enroll_from".to_owned(),
+        );
+    }
+    EnrollmentSettings {
+        on_first_sign_in: raw.enroll_on_first_sign_in,
+        from,
+    }
 }
 
 fn parse_resource(errors: &mut Errors<'_>, raw: &RawResource) -> Option<Resource> {
@@ -577,5 +611,63 @@ mac = "02:00:5e:00:53:01"
         );
         assert_eq!(parse_mac("02:00:5e:00:53"), None);
         assert_eq!(parse_mac("02:00:5e:00:53:01:02"), None);
+    }
+
+    #[test]
+    fn enrollment_off_by_default() {
+        let policy = parse("policy.toml", GOOD).unwrap();
+        assert!(!policy.enrollment.on_first_sign_in);
+        let address: IpAddr = "192.0.2.50".parse().unwrap();
+        let err = policy.check_enrollment(address).unwrap_err();
+        assert!(err.contains("enroll_on_first_sign_in = true"), "{err}");
+    }
+
+    #[test]
+    fn enrollment_limited_to_prefixes() {
+        let text = "[settings]\nenroll_on_first_sign_in = true\nenroll_from = [\"192.0.2.0/25\", \"2001:db8::/64\"]\n";
+        let policy = parse("policy.toml", text).unwrap();
+        let inside: IpAddr = "192.0.2.50".parse().unwrap();
+        let inside_v6: IpAddr = "2001:db8::50".parse().unwrap();
+        let outside: IpAddr = "192.0.2.200".parse().unwrap();
+        assert_eq!(policy.check_enrollment(inside), Ok(()));
+        assert_eq!(policy.check_enrollment(inside_v6), Ok(()));
+        let err = policy.check_enrollment(outside).unwrap_err();
+        assert!(
+            err.contains("outside `enroll_from` (192.0.2.0/25, 2001:db8::/64)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn enrollment_without_prefixes_allows_any() {
+        let text = "[settings]\nenroll_on_first_sign_in = true\n";
+        let policy = parse("policy.toml", text).unwrap();
+        let address: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(policy.check_enrollment(address), Ok(()));
+    }
+
+    #[test]
+    fn enrollment_rejects_bad_prefix() {
+        let text = "[settings]\nenroll_on_first_sign_in = true\nenroll_from = [\"192.0.2.0/33\"]\n";
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 3);
+        assert!(
+            errors[0].message.contains("192.0.2.0/33"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn enrollment_prefixes_need_setting() {
+        let text = "[settings]\nenroll_from = [\"192.0.2.0/24\"]\n";
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].message.contains("enroll_on_first_sign_in = true"),
+            "{}",
+            errors[0].message
+        );
     }
 }

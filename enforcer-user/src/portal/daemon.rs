@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use super::{Portal, gateway::DaemonGateway};
 use crate::{
-    daemon::{DaemonState, IdpHealth},
+    daemon::{DaemonError, DaemonState, IdpHealth},
     idp::{IdentityProvider, IdpConfig, IdpError, PendingLogins},
     responder::{Responder, ResponderConfig},
     store::unix_ms_now,
@@ -30,7 +30,10 @@ fn section<T: serde::de::DeserializeOwned>(table: &toml::Table, name: &str) -> R
 
 /// Starts the portal's background tasks and returns its routes, or no routes when the
 /// configuration has no `[idp]` section.
-pub async fn start(state: &DaemonState, shutdown: CancellationToken) -> Result<Router, IdpError> {
+pub async fn start(
+    state: &DaemonState,
+    shutdown: CancellationToken,
+) -> Result<Router, DaemonError> {
     if state.config.idp.is_empty() {
         warn!("the configuration has no [idp] section, so the portal offers no sign-in");
         return Ok(Router::new());
@@ -47,7 +50,7 @@ pub async fn start(state: &DaemonState, shutdown: CancellationToken) -> Result<R
         );
     }
     let responder_config: ResponderConfig = section(&responder_config, "responder")?;
-    let (responder, webhook) = Responder::new(responder_config);
+    let (responder, webhook) = Responder::new(responder_config)?;
     if let Some(webhook) = webhook {
         tokio::spawn(webhook.run(|_, _| {}));
     }
@@ -56,7 +59,7 @@ pub async fn start(state: &DaemonState, shutdown: CancellationToken) -> Result<R
         state: state.clone(),
         responder: responder.clone(),
     });
-    let pending = PendingLogins::new(state.store.clone());
+    let pending = PendingLogins::with_limits(state.store.clone(), config.pending_limits());
     let portal = Portal::without_idp(pending.clone(), gateway);
     portal.set_responder(responder.clone());
 
@@ -99,7 +102,15 @@ async fn discover(
         match IdentityProvider::discover(config.clone(), secret.clone()).await {
             Ok(idp) => {
                 set_health(&state, Ok(()));
-                portal.set_idp(Arc::new(idp));
+                let idp = Arc::new(idp);
+                portal.set_idp(Arc::clone(&idp));
+                let resumed = super::device_flow::resume(&portal, &idp);
+                if resumed > 0 {
+                    info!(
+                        resumed,
+                        "resumed device authorization grants from the store"
+                    );
+                }
                 return;
             }
             Err(err) => {

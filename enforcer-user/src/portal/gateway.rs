@@ -10,11 +10,11 @@ use std::{
 
 use tracing::warn;
 
-use super::{DeviceStatus, Gateway, GrantRejected, SessionView};
+use super::{DeviceStatus, Gateway, GrantRejected, Granted, SessionView};
 use crate::{
     clock::{expiry_boot_ns, expiry_wall_ns, instant_at_wall},
     daemon::DaemonState,
-    idp::Authentication,
+    idp::{Authentication, LoginOrigin},
     responder::Responder,
     store::{AuthRecord, GrantSource, UserKey, UserRecord, unix_ms_now},
 };
@@ -43,6 +43,10 @@ impl Gateway for DaemonGateway {
                 None
             }
         }
+    }
+
+    fn check_enrollment(&self, address: IpAddr) -> Result<(), String> {
+        self.state.lock_engine().policy().check_enrollment(address)
     }
 
     fn device_status(&self, device_id: u32) -> DeviceStatus {
@@ -101,9 +105,9 @@ impl Gateway for DaemonGateway {
 
     fn grant(
         &self,
-        device_id: u32,
+        origin: LoginOrigin,
         authentication: &Authentication,
-    ) -> Result<Vec<SessionView>, GrantRejected> {
+    ) -> Result<Granted, GrantRejected> {
         let key = UserKey {
             issuer: authentication.issuer.clone(),
             subject: authentication.subject.clone(),
@@ -124,7 +128,7 @@ impl Gateway for DaemonGateway {
 
         // NOTE: the engine runs on the portal's async worker while it holds the engine lock;
         // a sign-in commits one store transaction and a few map writes, so it is short.
-        let report = {
+        let (report, enrolled_device) = {
             let mut engine = self.state.lock_engine();
             let now = engine.clock().now();
             let auth = AuthRecord {
@@ -133,22 +137,34 @@ impl Gateway for DaemonGateway {
                 amr: authentication.amr.clone(),
                 acr: authentication.acr.clone(),
             };
-            engine
-                .sign_in(device_id, user, auth)
-                .map_err(|err| GrantRejected {
-                    reason: err.to_string(),
-                })?
+            let result = match origin.device_id {
+                Some(device_id) => engine
+                    .sign_in(device_id, user, auth)
+                    .map(|report| (report, None)),
+                None => engine
+                    .enroll_and_sign_in(origin.address, user, auth)
+                    .map(|enrolled| {
+                        let name = enrolled.enrolled.then_some(enrolled.device.name);
+                        (enrolled.sign_in, name)
+                    }),
+            };
+            result.map_err(|err| GrantRejected {
+                reason: err.to_string(),
+            })?
         };
 
         let granted_ids: Vec<u32> = report.granted.iter().map(|s| s.resource_id).collect();
-        self.responder.resolve(device_id, &granted_ids);
-        Ok(report
-            .granted
-            .iter()
-            .map(|session| SessionView {
-                resource: session.resource.clone(),
-                expires_at: wall_time(session.expires_unix_ns),
-            })
-            .collect())
+        self.responder.resolve(report.device_id, &granted_ids);
+        Ok(Granted {
+            sessions: report
+                .granted
+                .iter()
+                .map(|session| SessionView {
+                    resource: session.resource.clone(),
+                    expires_at: wall_time(session.expires_unix_ns),
+                })
+                .collect(),
+            enrolled_device,
+        })
     }
 }

@@ -6,6 +6,7 @@
 mod render;
 
 pub mod daemon;
+mod device_flow;
 mod events;
 pub mod gateway;
 
@@ -29,11 +30,13 @@ use tracing::{debug, info, warn};
 
 use crate::{
     idp::{
-        Authentication, CallbackParams, IdentityProvider, IdpError, LoginOptions, PendingLogins,
+        Authentication, CallbackParams, IdentityProvider, IdpError, LoginOptions, LoginOrigin,
+        PendingLogins,
     },
     responder::Responder,
 };
 
+pub use device_flow::DeviceGrant;
 pub use render::Format;
 
 /// A session of a device to one resource, as the portal shows it.
@@ -64,6 +67,14 @@ pub struct GrantRejected {
     pub reason: String,
 }
 
+/// Sessions opened by a sign-in, and the device it enrolled, if it enrolled one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Granted {
+    pub sessions: Vec<SessionView>,
+    /// Name of the device the sign-in enrolled, for a first sign-in from its address.
+    pub enrolled_device: Option<String>,
+}
+
 /// The session side of the gateway, which the portal calls. The daemon implements it with
 /// the store and the session engine, which check device ownership, enrollment, each
 /// resource's duration and step-up requirement, and audit the outcome.
@@ -71,28 +82,23 @@ pub trait Gateway: Send + Sync + 'static {
     /// Returns the device enrolled with `address`.
     fn device_for_address(&self, address: IpAddr) -> Option<u32>;
 
+    /// Checks whether `address`, which has no enrolled device, may enroll one by its first
+    /// sign-in. The error is the message shown to the user, naming the fix.
+    fn check_enrollment(&self, address: IpAddr) -> Result<(), String> {
+        Err(format!(
+            "no device is enrolled with address {address}; ask an administrator to enroll it"
+        ))
+    }
+
     fn device_status(&self, device_id: u32) -> DeviceStatus;
 
-    /// Records `authentication` as the device's last sign-in and returns the sessions it
-    /// opened.
+    /// Records `authentication` as the last sign-in of `origin`'s device, enrolling a device
+    /// first when `origin` has none, and returns the sessions it opened.
     fn grant(
         &self,
-        device_id: u32,
+        origin: LoginOrigin,
         authentication: &Authentication,
-    ) -> Result<Vec<SessionView>, GrantRejected>;
-}
-
-/// Progress of a device authorization grant started from a device.
-#[derive(Clone, Debug)]
-pub enum DeviceGrant {
-    Waiting {
-        verification_uri: String,
-        verification_uri_complete: Option<String>,
-        user_code: String,
-        expires_at: SystemTime,
-    },
-    Granted(Vec<SessionView>),
-    Failed(String),
+    ) -> Result<Granted, GrantRejected>;
 }
 
 /// Shared state of the portal's handlers.
@@ -102,7 +108,24 @@ pub struct Portal {
     responder: OnceLock<Arc<Responder>>,
     pub pending: PendingLogins,
     pub gateway: Arc<dyn Gateway>,
-    device_grants: Mutex<HashMap<u32, DeviceGrant>>,
+    device_grants: Mutex<HashMap<OriginKey, DeviceGrant>>,
+}
+
+/// Key of per-device state of the portal: the enrolled device, or the address of an
+/// unenrolled one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum OriginKey {
+    Device(u32),
+    Address(IpAddr),
+}
+
+impl From<LoginOrigin> for OriginKey {
+    fn from(origin: LoginOrigin) -> Self {
+        match origin.device_id {
+            Some(device_id) => OriginKey::Device(device_id),
+            None => OriginKey::Address(origin.address),
+        }
+    }
 }
 
 impl Portal {
@@ -138,19 +161,27 @@ impl Portal {
         let _ = self.responder.set(responder);
     }
 
+    fn store(&self) -> &Arc<crate::store::Store> {
+        self.pending.store()
+    }
+
     fn idp(&self, format: Format) -> Result<Arc<IdentityProvider>, PortalError> {
-        self.idp.get().cloned().ok_or_else(|| PortalError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the identity provider is not reachable yet; try again in a minute".into(),
-            format,
+        self.idp.get().cloned().ok_or_else(|| {
+            PortalError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the identity provider is not reachable yet; try again in a minute".into(),
+                format,
+            )
         })
     }
 
     fn responder(&self, format: Format) -> Result<Arc<Responder>, PortalError> {
-        self.responder.get().cloned().ok_or_else(|| PortalError {
-            status: StatusCode::NOT_FOUND,
-            message: "this gateway runs no reauth responder".into(),
-            format,
+        self.responder.get().cloned().ok_or_else(|| {
+            PortalError::new(
+                StatusCode::NOT_FOUND,
+                "this gateway runs no reauth responder".into(),
+                format,
+            )
         })
     }
 
@@ -167,19 +198,19 @@ impl Portal {
         format!("http://{host}")
     }
 
-    fn device_grant(&self, device_id: u32) -> Option<DeviceGrant> {
+    fn device_grant(&self, key: OriginKey) -> Option<DeviceGrant> {
         self.device_grants
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&device_id)
+            .get(&key)
             .cloned()
     }
 
-    fn set_device_grant(&self, device_id: u32, grant: DeviceGrant) {
+    fn set_device_grant(&self, key: OriginKey, grant: DeviceGrant) {
         self.device_grants
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(device_id, grant);
+            .insert(key, grant);
     }
 }
 
@@ -190,7 +221,7 @@ pub fn router(portal: Arc<Portal>) -> Router {
         .route("/", get(status))
         .route("/login", get(login).post(login))
         .route("/callback", get(callback))
-        .route("/device", get(device_status).post(device_start))
+        .route("/device", get(device_flow::status).post(device_flow::start))
         .route("/events", get(events::stream))
         .route("/snooze", axum::routing::post(snooze))
         .with_state(portal)
@@ -215,12 +246,32 @@ pub(crate) struct PortalError {
     status: StatusCode,
     message: String,
     format: Format,
+    /// Sent as `Retry-After`, in seconds.
+    retry_after: Option<Duration>,
+}
+
+impl PortalError {
+    fn new(status: StatusCode, message: String, format: Format) -> Self {
+        Self {
+            status,
+            message,
+            format,
+            retry_after: None,
+        }
+    }
 }
 
 impl IntoResponse for PortalError {
     fn into_response(self) -> Response {
         let body = render::error(self.format, &self.message);
-        (self.status, content_type(self.format), body).into_response()
+        let mut response = (self.status, content_type(self.format), body).into_response();
+        if let Some(retry_after) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+        }
+        response
     }
 }
 
@@ -239,22 +290,61 @@ fn respond(format: Format, body: String) -> Response {
     (content_type(format), body).into_response()
 }
 
-// NOTE: an address with no enrolled device is rejected here, before any sign-in, so the audit
-// log has no entry for it because no user is known yet. Enrollment on first sign-in, when the
-// policy allows it, needs a device record created by the session engine, which has no such
-// operation yet.
+/// Returns the enrolled device of the request's source address, or 403 for an address with
+/// none. Prompts, events and snoozes need an enrolled device.
 fn identify(portal: &Portal, address: SocketAddr, format: Format) -> Result<u32, PortalError> {
     portal
         .gateway
         .device_for_address(address.ip())
-        .ok_or_else(|| PortalError {
-            status: StatusCode::FORBIDDEN,
-            message: format!(
-                "no device is enrolled with address {}; ask an administrator to enroll it",
-                address.ip()
-            ),
-            format,
+        .ok_or_else(|| {
+            let message = match portal.gateway.check_enrollment(address.ip()) {
+                Ok(()) => format!(
+                    "no device is enrolled with address {} yet; sign in at the portal to enroll it",
+                    address.ip()
+                ),
+                Err(message) => message,
+            };
+            PortalError::new(StatusCode::FORBIDDEN, message, format)
         })
+}
+
+/// Returns the origin of a sign-in: the enrolled device of the source address, or the
+/// address alone when the policy lets it enroll on its first sign-in. Any other address
+/// gets 403 with the message of `Gateway::check_enrollment`.
+fn login_origin(
+    portal: &Portal,
+    address: SocketAddr,
+    format: Format,
+) -> Result<LoginOrigin, PortalError> {
+    let address = address.ip();
+    if let Some(device_id) = portal.gateway.device_for_address(address) {
+        return Ok(LoginOrigin {
+            device_id: Some(device_id),
+            address,
+        });
+    }
+    match portal.gateway.check_enrollment(address) {
+        Ok(()) => Ok(LoginOrigin {
+            device_id: None,
+            address,
+        }),
+        Err(message) => Err(PortalError::new(StatusCode::FORBIDDEN, message, format)),
+    }
+}
+
+/// Returns the status of `origin`'s device, or the page of an address that enrolls on its
+/// first sign-in.
+fn origin_status(portal: &Portal, origin: LoginOrigin) -> DeviceStatus {
+    match origin.device_id {
+        Some(device_id) => portal.gateway.device_status(device_id),
+        None => DeviceStatus {
+            name: format!(
+                "not enrolled yet ({}); signing in enrolls this device to you",
+                origin.address
+            ),
+            ..DeviceStatus::default()
+        },
+    }
 }
 
 async fn status(
@@ -263,9 +353,9 @@ async fn status(
     headers: HeaderMap,
 ) -> Result<Response, PortalError> {
     let format = Format::from_headers(&headers);
-    let device_id = identify(&portal, address, format)?;
-    let status = portal.gateway.device_status(device_id);
-    let grant = portal.device_grant(device_id);
+    let origin = login_origin(&portal, address, format)?;
+    let status = origin_status(&portal, origin);
+    let grant = portal.device_grant(origin.into());
     Ok(respond(
         format,
         render::status(
@@ -284,6 +374,15 @@ struct LoginQuery {
     mfa: Option<String>,
 }
 
+impl LoginQuery {
+    /// Returns whether the sign-in must be multi-factor: the user asked for it, or a
+    /// resource waiting for `origin` requires step-up.
+    fn mfa(&self, portal: &Portal, origin: LoginOrigin) -> bool {
+        let requested = self.mfa.as_deref().is_some_and(|value| value != "0");
+        requested || origin_status(portal, origin).pending_requires_mfa
+    }
+}
+
 async fn login(
     State(portal): PortalState,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
@@ -291,21 +390,26 @@ async fn login(
     Query(query): Query<LoginQuery>,
 ) -> Result<Response, PortalError> {
     let format = Format::from_headers(&headers);
-    let device_id = identify(&portal, address, format)?;
-    let status = portal.gateway.device_status(device_id);
-    let mfa = status.pending_requires_mfa || query.mfa.is_some_and(|value| value != "0");
+    let origin = login_origin(&portal, address, format)?;
+    let mfa = query.mfa(&portal, origin);
     let request = portal
         .idp(format)?
-        .begin_login(&portal.pending, device_id, LoginOptions { mfa })
-        .map_err(|err| {
-            warn!(device_id, error = %err, "failed to start a sign-in");
-            PortalError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: err.to_string(),
-                format,
-            }
-        })?;
+        .begin_login(&portal.pending, origin, LoginOptions { mfa })
+        .map_err(|err| login_failed(origin, err, format))?;
     Ok(Redirect::to(request.url.as_str()).into_response())
+}
+
+/// Maps a failure to start a sign-in to 429 with `Retry-After` when `origin` or the gateway
+/// has too many in progress, or else to 503.
+fn login_failed(origin: LoginOrigin, err: IdpError, format: Format) -> PortalError {
+    if let IdpError::TooManyPendingLogins { retry_after, .. } = &err {
+        warn!(%origin, error = %err, "rejected a sign-in over the limit of sign-ins in progress");
+        let mut rejected = PortalError::new(StatusCode::TOO_MANY_REQUESTS, err.to_string(), format);
+        rejected.retry_after = Some(*retry_after);
+        return rejected;
+    }
+    warn!(%origin, error = %err, "failed to start a sign-in");
+    PortalError::new(StatusCode::SERVICE_UNAVAILABLE, err.to_string(), format)
 }
 
 async fn callback(
@@ -315,133 +419,59 @@ async fn callback(
     Query(params): Query<CallbackParams>,
 ) -> Result<Response, PortalError> {
     let format = Format::from_headers(&headers);
-    let device_id = identify(&portal, address, format)?;
+    let origin = login_origin(&portal, address, format)?;
     // The benchmark times a sign-in from this line to the first passing packet.
-    debug!(device_id, "sign-in callback received");
+    debug!(device_id = origin.device_id, address = %origin.address, "sign-in callback received");
     let authentication = portal
         .idp(format)?
-        .complete_login(&portal.pending, device_id, &params)
+        .complete_login(&portal.pending, origin, &params)
         .await
-        .map_err(|err| sign_in_failed(device_id, err, format))?;
-    let sessions = grant(&portal, device_id, &authentication, format)?;
+        .map_err(|err| sign_in_failed(origin, err, format))?;
+    let granted = grant(&portal, origin, &authentication, format)?;
     Ok(respond(
         format,
-        render::granted(format, &authentication, &sessions, SystemTime::now()),
+        render::granted(format, &authentication, &granted, SystemTime::now()),
     ))
 }
 
-fn sign_in_failed(device_id: u32, err: IdpError, format: Format) -> PortalError {
-    warn!(device_id, error = %err, "sign-in rejected");
+fn sign_in_failed(origin: LoginOrigin, err: IdpError, format: Format) -> PortalError {
+    warn!(%origin, error = %err, "sign-in rejected");
     let status = match err {
         IdpError::Unreachable { .. } | IdpError::InvalidDocument { .. } => StatusCode::BAD_GATEWAY,
         IdpError::Store(_) | IdpError::Config(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::FORBIDDEN,
     };
-    PortalError {
-        status,
-        message: err.to_string(),
-        format,
-    }
+    PortalError::new(status, err.to_string(), format)
 }
 
 fn grant(
     portal: &Portal,
-    device_id: u32,
+    origin: LoginOrigin,
     authentication: &Authentication,
     format: Format,
-) -> Result<Vec<SessionView>, PortalError> {
-    match portal.gateway.grant(device_id, authentication) {
-        Ok(sessions) => {
+) -> Result<Granted, PortalError> {
+    match portal.gateway.grant(origin, authentication) {
+        Ok(granted) => {
             info!(
-                device_id,
+                %origin,
                 issuer = %authentication.issuer,
                 subject = %authentication.subject,
-                sessions = sessions.len(),
+                sessions = granted.sessions.len(),
+                enrolled_device = granted.enrolled_device.as_deref(),
                 multi_factor = authentication.multi_factor,
                 "sign-in granted sessions"
             );
-            Ok(sessions)
+            Ok(granted)
         }
         Err(rejected) => {
-            warn!(device_id, subject = %authentication.subject, reason = %rejected, "sign-in verified but no session granted");
-            Err(PortalError {
-                status: StatusCode::FORBIDDEN,
-                message: rejected.reason,
+            warn!(%origin, subject = %authentication.subject, reason = %rejected, "sign-in verified but no session granted");
+            Err(PortalError::new(
+                StatusCode::FORBIDDEN,
+                rejected.reason,
                 format,
-            })
+            ))
         }
     }
-}
-
-async fn device_start(
-    State(portal): PortalState,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<LoginQuery>,
-) -> Result<Response, PortalError> {
-    let format = Format::from_headers(&headers);
-    let device_id = identify(&portal, address, format)?;
-    if let Some(DeviceGrant::Waiting { .. }) = portal.device_grant(device_id) {
-        let grant = portal.device_grant(device_id);
-        return Ok(respond(
-            format,
-            render::device_grant(format, grant.as_ref(), &portal.base_url(&headers)),
-        ));
-    }
-    let status = portal.gateway.device_status(device_id);
-    let mfa = status.pending_requires_mfa || query.mfa.is_some_and(|value| value != "0");
-    let idp = portal.idp(format)?;
-    let authorization = idp
-        .start_device_authorization(LoginOptions { mfa })
-        .await
-        .map_err(|err| sign_in_failed(device_id, err, format))?;
-    let waiting = DeviceGrant::Waiting {
-        verification_uri: authorization.verification_uri().to_owned(),
-        verification_uri_complete: authorization.verification_uri_complete().map(str::to_owned),
-        user_code: authorization.user_code().to_owned(),
-        expires_at: SystemTime::now() + authorization.expires_in(),
-    };
-    portal.set_device_grant(device_id, waiting.clone());
-    info!(device_id, "started a device authorization grant");
-
-    let poller = Arc::clone(&portal);
-    tokio::spawn(async move {
-        let outcome = match idp.finish_device_authorization(&authorization).await {
-            Ok(authentication) => match poller.gateway.grant(device_id, &authentication) {
-                Ok(sessions) => {
-                    info!(device_id, subject = %authentication.subject, sessions = sessions.len(), "device authorization granted sessions");
-                    DeviceGrant::Granted(sessions)
-                }
-                Err(rejected) => {
-                    warn!(device_id, reason = %rejected, "device authorization verified but no session granted");
-                    DeviceGrant::Failed(rejected.reason)
-                }
-            },
-            Err(err) => {
-                warn!(device_id, error = %err, "device authorization failed");
-                DeviceGrant::Failed(err.to_string())
-            }
-        };
-        poller.set_device_grant(device_id, outcome);
-    });
-    Ok(respond(
-        format,
-        render::device_grant(format, Some(&waiting), &portal.base_url(&headers)),
-    ))
-}
-
-async fn device_status(
-    State(portal): PortalState,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Result<Response, PortalError> {
-    let format = Format::from_headers(&headers);
-    let device_id = identify(&portal, address, format)?;
-    let grant = portal.device_grant(device_id);
-    Ok(respond(
-        format,
-        render::device_grant(format, grant.as_ref(), &portal.base_url(&headers)),
-    ))
 }
 
 #[derive(Deserialize)]

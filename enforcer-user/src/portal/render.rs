@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::SystemTime};
 use axum::http::{HeaderMap, header};
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::{DeviceGrant, DeviceStatus, SessionView};
+use super::{DeviceGrant, DeviceStatus, Granted, SessionView};
 use crate::idp::Authentication;
 
 /// Output format of a portal page.
@@ -183,9 +183,10 @@ pub fn status(
 pub fn granted(
     format: Format,
     authentication: &Authentication,
-    sessions: &[SessionView],
+    granted: &Granted,
     now: SystemTime,
 ) -> String {
+    let sessions = &granted.sessions;
     let user = authentication
         .email
         .clone()
@@ -196,6 +197,13 @@ pub fn granted(
                 "<p id=\"signed-in\">Signed in as <b>{}</b>.</p>\n",
                 escape(&user)
             );
+            if let Some(device) = &granted.enrolled_device {
+                let _ = writeln!(
+                    body,
+                    "<p id=\"enrolled\">This device is now enrolled as <b>{}</b>, owned by you.</p>",
+                    escape(device)
+                );
+            }
             if sessions.is_empty() {
                 body.push_str("<p id=\"no-sessions\">No resource was opened: your policy grants this device none.</p>\n");
             } else {
@@ -206,6 +214,9 @@ pub fn granted(
         }
         Format::Text => {
             let mut text = format!("signed in as {user}\n");
+            if let Some(device) = &granted.enrolled_device {
+                let _ = writeln!(text, "enrolled this device as {device}, owned by you");
+            }
             if sessions.is_empty() {
                 text.push_str("no resource was opened: your policy grants this device none\n");
             } else {

@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
-pub use webhook::{Delivery, WebhookConfig, WebhookWorker};
+pub use webhook::{
+    Delivery, SIGNATURE_HEADER, SignatureError, TIMESTAMP_HEADER, WebhookConfig, WebhookError,
+    WebhookSecret, WebhookWorker,
+};
 
 use crate::{dataplane::punts::Punt, store::unix_ms_now};
 
@@ -137,11 +140,14 @@ pub struct Responder {
 impl Responder {
     /// Creates the responder and, when a webhook is configured, the worker that delivers it;
     /// spawn `WebhookWorker::run` on the runtime.
-    pub fn new(config: ResponderConfig) -> (Arc<Self>, Option<WebhookWorker>) {
+    /// Fails when the webhook's signing secret cannot be read.
+    pub fn new(
+        config: ResponderConfig,
+    ) -> Result<(Arc<Self>, Option<WebhookWorker>), WebhookError> {
         let (events, _) = broadcast::channel(64);
         let (webhook, worker) = match &config.webhook {
             Some(webhook) => {
-                let (sender, worker) = WebhookWorker::new(webhook.clone());
+                let (sender, worker) = WebhookWorker::new(webhook.clone())?;
                 (Some(sender), Some(worker))
             }
             None => (None, None),
@@ -153,7 +159,7 @@ impl Responder {
             webhook,
             webhook_dropped: std::sync::atomic::AtomicU64::new(0),
         });
-        (responder, worker)
+        Ok((responder, worker))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -20,7 +20,7 @@ use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
 pub use devices::NewDevice;
 pub use encoding::SessionView;
-pub use logins::PendingLogin;
+pub use logins::{PendingDeviceGrant, PendingLogin};
 pub use records::*;
 
 /// Version of the table layout. Bump it, and add a migration in `migrate`, when a table's key

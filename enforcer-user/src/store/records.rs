@@ -35,6 +35,10 @@ pub enum EnrollmentSource {
     Policy,
     /// Enrolled through the admin API.
     Admin,
+    /// Enrolled by the first sign-in of its owner from its address, when the policy's
+    /// `enroll_on_first_sign_in` allows it.
+    #[serde(rename = "sign_in")]
+    SignIn,
 }
 
 /// An enrolled device.

@@ -1,0 +1,215 @@
+//! Enrollment by a first sign-in: a sign-in from an address with no enrolled device enrolls a
+//! device owned by the signed-in user and renews its sessions, in one operation.
+
+use std::{net::IpAddr, sync::atomic::Ordering};
+
+use super::{
+    Engine, EngineError,
+    ops::{SignInPlan, SignInReport, sign_in_audit},
+    reconcile::device_entries,
+};
+use crate::{
+    dataplane::maps::KernelMaps,
+    store::{
+        AuditEntry, AuditKind, AuthRecord, DeviceRecord, EnrollmentSource, NewDevice, UserRecord,
+    },
+};
+
+/// Outcome of a sign-in from an address that had no enrolled device.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EnrollReport {
+    pub device: DeviceRecord,
+    /// False when a parallel first sign-in from the same address enrolled the device
+    /// first, so this one only signed in on it.
+    pub enrolled: bool,
+    pub sign_in: SignInReport,
+}
+
+/// Maximum length of a device name.
+const MAX_NAME_LEN: usize = 64;
+
+impl<M: KernelMaps> Engine<M> {
+    /// Enrolls a device with `address`, owned by `user`, and renews its sessions as
+    /// `sign_in` does. The kernel device entry and sessions are written first, then one store
+    /// transaction commits the device, the user, the authentication, the sessions and two
+    /// audit entries (`enrollment` and `sign_in`). On any failure the kernel entries are
+    /// removed again and nothing is committed. The policy must allow enrollment from
+    /// `address` (`enroll_on_first_sign_in`, `enroll_from`).
+    pub fn enroll_and_sign_in(
+        &mut self,
+        address: IpAddr,
+        user: UserRecord,
+        auth: AuthRecord,
+    ) -> Result<EnrollReport, EngineError> {
+        if let Some(device_id) = self.store.device_by_address(address)? {
+            let sign_in = self.sign_in(device_id, user, auth)?;
+            let device = self
+                .store
+                .device(device_id)?
+                .ok_or_else(|| EngineError::NotFound {
+                    what: format!("device {device_id}"),
+                    hint: "; it was removed during the sign-in, so sign in again".into(),
+                })?;
+            return Ok(EnrollReport {
+                device,
+                enrolled: false,
+                sign_in,
+            });
+        }
+
+        let actor = format!("user:{}#{}", user.key.issuer, user.key.subject);
+        if let Err(reason) = self.policy.check_enrollment(address) {
+            self.audit_rejected_enrollment(&actor, address, &reason);
+            return Err(EngineError::Denied(reason));
+        }
+
+        let owner = user
+            .email
+            .clone()
+            .unwrap_or_else(|| user.key.subject.clone());
+        let mut txn = self.store.begin_write()?;
+        let name = free_device_name(&self.store, &owner, address)?;
+        let device = txn.enroll_device(NewDevice {
+            name,
+            owner: Some(owner),
+            addresses: vec![address],
+            mac: None,
+            source: EnrollmentSource::SignIn,
+        })?;
+        let SignInPlan {
+            report,
+            sessions,
+            kind,
+        } = self.plan_sign_in(device.id, &user, &auth);
+
+        // Kernel first: the device entry, then its sessions.
+        let entries = device_entries(std::slice::from_ref(&device), self.link_kind);
+        for (entry_address, entry) in &entries {
+            if let Err(err) = self.maps.set_device(*entry_address, *entry) {
+                tracing::error!(%address, error = %err, "failed to write the enrolled device to the kernel; nothing was committed");
+                self.remove_device_entries(&device);
+                return Err(err.into());
+            }
+        }
+        let undo = match self.write_sessions(&sessions) {
+            Ok(undo) => undo,
+            Err(err) => {
+                self.remove_device_entries(&device);
+                return Err(err);
+            }
+        };
+
+        let result = (|| {
+            for (record, _) in &sessions {
+                txn.put_session(record)?;
+            }
+            txn.put_user(&user)?;
+            txn.put_authentication(device.id, &auth)?;
+            txn.audit(AuditEntry {
+                kind: AuditKind::Enrollment,
+                actor: actor.clone(),
+                device_id: Some(device.id),
+                resource_id: None,
+                detail: format!(
+                    "enrolled device {} with address {address} on the first sign-in of its owner {}",
+                    device.name,
+                    device.owner.as_deref().unwrap_or_default()
+                ),
+            })?;
+            txn.audit(sign_in_audit(kind, &actor, &device, &auth, sessions.len()))?;
+            txn.commit()?;
+            Ok::<(), EngineError>(())
+        })();
+        if let Err(err) = result {
+            tracing::error!(%address, error = %err, "failed to commit the enrollment; removed its kernel entries");
+            self.restore(&undo);
+            self.remove_device_entries(&device);
+            return Err(err);
+        }
+
+        self.metrics.sign_ins.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .grants
+            .fetch_add(sessions.len() as u64, Ordering::Relaxed);
+        tracing::info!(
+            device_id = device.id,
+            device = %device.name,
+            %address,
+            user = %user.key.subject,
+            granted = report.granted.len(),
+            "enrolled a device on its first sign-in"
+        );
+        Ok(EnrollReport {
+            device,
+            enrolled: true,
+            sign_in: report,
+        })
+    }
+
+    /// Removes the kernel device entries of `device`, which the store does not record.
+    fn remove_device_entries(&mut self, device: &DeviceRecord) {
+        for address in &device.addresses {
+            if let Err(err) = self.maps.remove_device(*address) {
+                tracing::error!(%address, error = %err, "failed to remove an uncommitted device entry; the next reconcile removes it");
+            }
+        }
+    }
+
+    /// Writes a `sign_in_rejected` audit entry for a first sign-in that may not enroll.
+    fn audit_rejected_enrollment(&self, actor: &str, address: IpAddr, reason: &str) {
+        tracing::warn!(%address, actor, reason, "rejected enrollment on first sign-in");
+        let write = || -> Result<(), crate::store::StoreError> {
+            let mut txn = self.store.begin_write()?;
+            txn.audit(AuditEntry {
+                kind: AuditKind::SignInRejected,
+                actor: actor.to_owned(),
+                device_id: None,
+                resource_id: None,
+                detail: format!("rejected enrollment of address {address}: {reason}"),
+            })?;
+            txn.commit()
+        };
+        if let Err(err) = write() {
+            tracing::error!(%address, actor, error = %err, "failed to write the audit entry of a rejected enrollment");
+        }
+    }
+}
+
+/// Returns a device name from the owner's name and the address, such as
+/// `alice-192.0.2.7`, with a numeric suffix when that name is taken.
+fn free_device_name(
+    store: &crate::store::Store,
+    owner: &str,
+    address: IpAddr,
+) -> Result<String, EngineError> {
+    let user: String = owner
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let address = address.to_string().replace(':', "-");
+    let keep = MAX_NAME_LEN.saturating_sub(address.len() + 4).max(1);
+    let user: String = user.chars().take(keep).collect();
+    let base = format!("{user}-{address}");
+    for suffix in 1..=100u32 {
+        let name = if suffix == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{suffix}")
+        };
+        if store.device_by_name(&name)?.is_none() {
+            return Ok(name);
+        }
+    }
+    Err(EngineError::Denied(format!(
+        "100 devices are already named like {base}; remove some with `enforcer device remove`"
+    )))
+}
