@@ -162,11 +162,18 @@ impl Config {
                 *relative = base.join(&*relative);
             }
         }
-        // The `[idp]` table stays opaque, but its secret file is a path like the others.
+        // The `[idp]` and `[responder]` tables stay opaque, but their secret files are paths
+        // like the others.
         if let Some(toml::Value::String(secret)) = config.idp.get_mut("client_secret_file") {
             if Path::new(secret.as_str()).is_relative() {
                 *secret = base.join(&*secret).to_string_lossy().into_owned();
             }
+        }
+        if let Some(toml::Value::Table(webhook)) = config.responder.get_mut("webhook")
+            && let Some(toml::Value::String(secret)) = webhook.get_mut("secret_file")
+            && Path::new(secret.as_str()).is_relative()
+        {
+            *secret = base.join(&*secret).to_string_lossy().into_owned();
         }
         Ok(config)
     }
@@ -236,6 +243,26 @@ listen = "127.0.0.1:8443"
             .get("client_secret_file")
             .and_then(|value| value.as_str());
         assert_eq!(secret, Some(dir.join("secret").to_str().unwrap()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn load_resolves_relative_webhook_secret_file() {
+        let dir = std::env::temp_dir().join(format!("enforcer-webhook-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("enforcer.toml");
+        let text = format!(
+            "{MINIMAL}\n[responder.webhook]\nurl = \"http://127.0.0.1:1/\"\nsecret_file = \"hook\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+
+        let config = Config::load(&path).unwrap();
+        let secret = config
+            .responder
+            .get("webhook")
+            .and_then(|webhook| webhook.get("secret_file"))
+            .and_then(|value| value.as_str());
+        assert_eq!(secret, Some(dir.join("hook").to_str().unwrap()));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -194,9 +194,9 @@ fn location(response: &reqwest::Response, base: &str) -> anyhow::Result<String> 
     Ok(url::Url::parse(base)?.join(value)?.to_string())
 }
 
-/// Follows the IdP's redirects from `authorization_url` with `http` (which must keep cookies
-/// and follow no redirects), filling the test provider's login form for `login` when it
-/// appears, and returns the URL of the redirect that starts with `redirect_url`, without
+/// Follows the IdP's redirects from `authorization_url` with `http`, which must keep cookies
+/// and follow no redirects. It fills the test provider's login form for `login` when it
+/// appears, and returns the URL of the redirect that starts with `redirect_url` without
 /// requesting it. It gives up after 10 hops.
 pub async fn authorize(
     http: &reqwest::Client,

@@ -282,7 +282,7 @@ async fn step_up_asks_for_second_factor() {
     assert_eq!(authentication.acr.as_deref(), Some(oidc::ACR_MFA));
 }
 
-/// An HTTP client that follows no redirects, with source address `source`.
+/// Builds an HTTP client that follows no redirects, with source address `source`.
 fn client_from(source: Ipv4Addr) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

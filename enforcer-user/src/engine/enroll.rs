@@ -213,3 +213,187 @@ fn free_device_name(
         "100 devices are already named like {base}; remove some with `enforcer device remove`"
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::super::tests::{Fixture, fixture, start};
+    use crate::{
+        dataplane::DataplaneError,
+        engine::EngineError,
+        store::{AuditKind, AuthRecord, EnrollmentSource, UserKey, UserRecord},
+    };
+
+    const POLICY: &str = r#"
+[settings]
+enroll_on_first_sign_in = true
+enroll_from = ["192.0.2.0/25"]
+
+[[resource]]
+name = "payroll"
+destinations = [{ prefix = "198.51.100.0/24", protocol = "tcp", ports = 443 }]
+session = "1h"
+users = ["alice@example.com"]
+
+[[resource]]
+name = "wiki"
+destinations = [{ prefix = "203.0.113.0/24" }]
+session = "8h"
+groups = ["staff"]
+"#;
+
+    fn address(text: &str) -> IpAddr {
+        text.parse().expect("a valid address")
+    }
+
+    fn alice() -> UserRecord {
+        UserRecord {
+            key: UserKey {
+                issuer: "http://127.0.0.1:3000".to_owned(),
+                subject: "alice".to_owned(),
+            },
+            email: Some("alice@example.com".to_owned()),
+            name: None,
+            groups: vec!["staff".to_owned()],
+            first_seen_unix_ms: 0,
+            last_seen_unix_ms: 0,
+        }
+    }
+
+    fn auth() -> AuthRecord {
+        AuthRecord {
+            user: alice().key,
+            at: start(),
+            amr: vec!["pwd".to_owned()],
+            acr: None,
+        }
+    }
+
+    fn ready() -> Fixture {
+        let mut fixture = fixture(POLICY);
+        fixture.engine.reconcile().expect("reconcile");
+        fixture
+    }
+
+    #[test]
+    fn enroll_creates_owned_device_and_sessions() {
+        let mut fixture = ready();
+        let report = fixture
+            .engine
+            .enroll_and_sign_in(address("192.0.2.50"), alice(), auth())
+            .expect("enroll");
+        assert!(report.enrolled);
+        assert_eq!(report.device.name, "alice-192.0.2.50");
+        assert_eq!(report.device.owner.as_deref(), Some("alice@example.com"));
+        assert_eq!(report.device.source, EnrollmentSource::SignIn);
+        assert_eq!(report.device.mac, None);
+        assert_eq!(report.sign_in.granted.len(), 2);
+
+        let device_id = report.device.id;
+        let kernel_device = fixture.engine.maps().devices.get(&address("192.0.2.50"));
+        assert_eq!(kernel_device.map(|entry| entry.device_id), Some(device_id));
+        let kernel_sessions = fixture
+            .engine
+            .maps()
+            .sessions
+            .keys()
+            .filter(|key| key.device_id == device_id)
+            .count();
+        assert_eq!(kernel_sessions, 2);
+        let store = fixture.engine.store();
+        assert_eq!(
+            store
+                .device_by_address(address("192.0.2.50"))
+                .expect("read"),
+            Some(device_id)
+        );
+        assert_eq!(store.sessions().expect("read").len(), 2);
+        assert!(store.authentication(device_id).expect("read").is_some());
+
+        let audit = store.audit_tail(2).expect("read the audit log");
+        let kinds: Vec<AuditKind> = audit.iter().map(|record| record.kind).collect();
+        assert_eq!(kinds, vec![AuditKind::Enrollment, AuditKind::SignIn]);
+        assert!(
+            audit
+                .iter()
+                .all(|record| record.device_id == Some(device_id))
+        );
+        assert_eq!(audit[0].actor, "user:http://127.0.0.1:3000#alice");
+    }
+
+    #[test]
+    fn enroll_survives_reconcile() {
+        let mut fixture = ready();
+        let report = fixture
+            .engine
+            .enroll_and_sign_in(address("192.0.2.50"), alice(), auth())
+            .expect("enroll");
+        let reconciled = fixture.engine.reconcile().expect("reconcile");
+        assert_eq!(reconciled.devices_removed, 0);
+        assert_eq!(reconciled.sessions_removed, 0);
+        let devices = fixture.engine.store().devices().expect("read");
+        assert_eq!(devices, vec![report.device]);
+    }
+
+    #[test]
+    fn enroll_outside_prefix_is_rejected() {
+        let mut fixture = ready();
+        let err = fixture
+            .engine
+            .enroll_and_sign_in(address("192.0.2.200"), alice(), auth())
+            .expect_err("192.0.2.200 is outside enroll_from");
+        assert!(matches!(err, EngineError::Denied(_)), "{err}");
+        assert!(err.to_string().contains("enroll_from"), "{err}");
+        assert!(fixture.engine.maps().devices.is_empty());
+        assert!(fixture.engine.store().devices().expect("read").is_empty());
+        let audit = fixture.engine.store().audit_tail(1).expect("read");
+        assert_eq!(audit[0].kind, AuditKind::SignInRejected);
+        assert!(
+            audit[0].detail.contains("192.0.2.200"),
+            "{}",
+            audit[0].detail
+        );
+    }
+
+    #[test]
+    fn enroll_with_full_map_commits_nothing() {
+        let mut fixture = ready();
+        fixture.engine.maps_mut().session_capacity = 1;
+        let audit_before = fixture.engine.store().audit_tail(100).expect("read").len();
+        let err = fixture
+            .engine
+            .enroll_and_sign_in(address("192.0.2.50"), alice(), auth())
+            .expect_err("the second session does not fit");
+        assert!(
+            matches!(err, EngineError::Dataplane(DataplaneError::MapFull { .. })),
+            "{err}"
+        );
+        assert!(
+            fixture.engine.maps().devices.is_empty(),
+            "the device entry is removed again"
+        );
+        assert!(fixture.engine.maps().sessions.is_empty());
+        let store = fixture.engine.store();
+        assert!(store.devices().expect("read").is_empty());
+        assert!(store.sessions().expect("read").is_empty());
+        assert!(store.users().expect("read").is_empty());
+        assert_eq!(store.audit_tail(100).expect("read").len(), audit_before);
+    }
+
+    #[test]
+    fn enroll_of_enrolled_address_signs_in() {
+        let mut fixture = ready();
+        let first = fixture
+            .engine
+            .enroll_and_sign_in(address("192.0.2.50"), alice(), auth())
+            .expect("enroll");
+        let second = fixture
+            .engine
+            .enroll_and_sign_in(address("192.0.2.50"), alice(), auth())
+            .expect("sign in");
+        assert!(!second.enrolled);
+        assert_eq!(second.device.id, first.device.id);
+        assert_eq!(fixture.engine.store().devices().expect("read").len(), 1);
+    }
+}

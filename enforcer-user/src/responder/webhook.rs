@@ -66,12 +66,11 @@ pub enum WebhookError {
     #[error("[responder.webhook] sets both `secret_file` and `secret_env`; keep one")]
     TwoSecrets,
     #[error(
-        "failed to read the webhook secret from {path}: {source}; create the file or set `secret_env`"
+        "failed to read the webhook secret from {path}: {reason}; create the file or set `secret_env`"
     )]
     SecretFile {
         path: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error(
         "the webhook secret environment variable {name} is not set or empty; export it before starting the daemon"
@@ -171,9 +170,9 @@ impl WebhookConfig {
             (None, None) => return Err(WebhookError::MissingSecret),
             (Some(path), None) => {
                 let text =
-                    std::fs::read_to_string(path).map_err(|source| WebhookError::SecretFile {
+                    std::fs::read_to_string(path).map_err(|reason| WebhookError::SecretFile {
                         path: path.display().to_string(),
-                        source,
+                        reason,
                     })?;
                 (
                     text.trim_end_matches(['\r', '\n']).to_owned(),
