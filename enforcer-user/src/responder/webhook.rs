@@ -149,7 +149,7 @@ impl WebhookSecret {
     }
 }
 
-/// Why a webhook signature did not verify.
+/// Reason a webhook signature failed verification.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     #[error("the timestamp header is not a number of seconds")]
