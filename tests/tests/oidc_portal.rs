@@ -507,3 +507,38 @@ async fn device_code_sign_in_with_curl() {
     assert_eq!(grants.len(), 1);
     assert_eq!(grants[0].1.subject, "carol");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_sign_in_over_total_limit_gets_429() {
+    let lab = lab_with("max_pending_logins = 1\n").await;
+    let device_1 = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let device_2 = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    let first = device_1
+        .post(format!("{}/device", lab.portal_url))
+        .send()
+        .await
+        .expect("POST /device from device 1");
+    assert_eq!(first.status(), reqwest::StatusCode::OK);
+    let again = device_1
+        .post(format!("{}/device", lab.portal_url))
+        .send()
+        .await
+        .expect("POST /device again from device 1");
+    assert_eq!(
+        again.status(),
+        reqwest::StatusCode::OK,
+        "the device's own grant in progress is shown again"
+    );
+    let over = device_2
+        .post(format!("{}/device", lab.portal_url))
+        .send()
+        .await
+        .expect("POST /device from device 2");
+    assert_eq!(over.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    assert!(over.headers().contains_key(reqwest::header::RETRY_AFTER));
+    let body = over.text().await.expect("error page");
+    assert!(
+        body.contains("the gateway already has 1 device sign-ins in progress"),
+        "{body}"
+    );
+}

@@ -73,6 +73,8 @@ impl<M: KernelMaps> Engine<M> {
             name,
             owner: Some(owner),
             addresses: vec![address],
+            // NOTE: no MAC binding, because the portal sees only a TCP connection, and the
+            // neighbor table has the client's MAC only when it is on a link of the gateway.
             mac: None,
             source: EnrollmentSource::SignIn,
         })?;

@@ -10,7 +10,7 @@ use std::{
 
 use axum::{
     extract::{ConnectInfo, Query, State},
-    http::HeaderMap,
+    http::{HeaderMap, StatusCode},
     response::Response,
 };
 use tracing::{info, warn};
@@ -70,6 +70,21 @@ pub(super) async fn start(
             format,
             render::device_grant(format, Some(&waiting), &base_url),
         ));
+    }
+    // One grant per device (or address) is in progress at a time, and `max_pending_logins`
+    // on the gateway, because each one polls the IdP.
+    let limit = portal.pending.limits().total;
+    if portal.waiting_device_grants() >= limit {
+        warn!(%origin, limit, "rejected a device sign-in over the limit of grants in progress");
+        let mut rejected = PortalError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "the gateway already has {limit} device sign-ins in progress; try again in a minute"
+            ),
+            format,
+        );
+        rejected.retry_after = Some(Duration::from_secs(60));
+        return Err(rejected);
     }
     let mfa = query.mfa(&portal, origin);
     let idp = portal.idp(format)?;

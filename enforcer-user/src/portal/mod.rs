@@ -206,6 +206,16 @@ impl Portal {
             .cloned()
     }
 
+    /// Returns how many device authorization grants are waiting for their user.
+    fn waiting_device_grants(&self) -> usize {
+        self.device_grants
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .filter(|grant| matches!(grant, DeviceGrant::Waiting { .. }))
+            .count()
+    }
+
     fn set_device_grant(&self, key: OriginKey, grant: DeviceGrant) {
         self.device_grants
             .lock()
