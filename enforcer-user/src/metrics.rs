@@ -79,6 +79,11 @@ pub fn render(state: &DaemonState) -> String {
             &metrics.sign_ins,
         ),
         (
+            "enforcer_enrollments_total",
+            "Devices enrolled by their first sign-in.",
+            &metrics.enrollments,
+        ),
+        (
             "enforcer_grants_total",
             "Sessions written by sign-ins and grants.",
             &metrics.grants,

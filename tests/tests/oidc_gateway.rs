@@ -535,6 +535,11 @@ async fn first_sign_in_enrolls_device() {
     );
     assert_eq!(audit[1]["kind"], "sign_in", "{audit}");
     assert_eq!(audit[1]["device_id"], enrolled_id);
+    let metrics = gateway.metrics();
+    assert!(
+        metrics.contains("enforcer_enrollments_total 1\n"),
+        "{metrics}"
+    );
 
     // The device is in the store, so it survives a restart with its session.
     gateway.stop("TERM");

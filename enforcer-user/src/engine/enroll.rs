@@ -130,6 +130,7 @@ impl<M: KernelMaps> Engine<M> {
         }
 
         self.metrics.sign_ins.fetch_add(1, Ordering::Relaxed);
+        self.metrics.enrollments.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .grants
             .fetch_add(sessions.len() as u64, Ordering::Relaxed);
@@ -322,6 +323,12 @@ groups = ["staff"]
                 .all(|record| record.device_id == Some(device_id))
         );
         assert_eq!(audit[0].actor, "user:http://127.0.0.1:3000#alice");
+        let enrollments = fixture
+            .engine
+            .metrics()
+            .enrollments
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(enrollments, 1);
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub use reconcile::ReconcileReport;
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
     pub sign_ins: AtomicU64,
+    /// Devices enrolled by their first sign-in.
+    pub enrollments: AtomicU64,
     /// Sessions written by sign-ins and grants.
     pub grants: AtomicU64,
     /// Sessions removed by revocations.
