@@ -6,7 +6,8 @@
 //! 1. L2 and the IP addresses; not IP passes, an unreadable header is dropped as malformed.
 //! 2. Destination prefix (LPM); no prefix passes untouched.
 //! 3. Full parse (IP header, extension headers, L4); failure is dropped as malformed.
-//! 4. Later fragments take the verdict recorded for their datagram's first fragment.
+//! 4. Later fragments take the verdict recorded for their datagram's first fragment, while the
+//!    device, its MAC binding and the session that let the first fragment pass are still valid.
 //! 5. First matching rule of the prefix; no match passes untouched.
 //! 6. Device by source address, then its MAC binding, then the session and its expiry.
 //! 7. A deny is punted, then passed (monitor), dropped, or replied to (reject).
@@ -119,6 +120,9 @@ struct Decision {
     action: Action,
     /// `RULE_FLAG_*` bits of the rule that matched; zero for a pass.
     rule_flags: u8,
+    /// An ICMP error matched its rule as a plain ICMP packet, because no rule matched the flow
+    /// it quotes.
+    plain_icmp: bool,
 }
 
 impl Decision {
@@ -131,11 +135,12 @@ impl Decision {
             pass_counter: counter,
             action: Action::Drop,
             rule_flags: 0,
+            plain_icmp: false,
         }
     }
 
     #[inline(always)]
-    fn deny(reason: Reason, device_id: u32, rule: &ResourceRule) -> Self {
+    fn deny(reason: Reason, device_id: u32, rule: &ResourceRule, plain_icmp: bool) -> Self {
         Self {
             device_id,
             resource_id: rule.resource_id,
@@ -147,6 +152,7 @@ impl Decision {
                 Action::Drop
             },
             rule_flags: rule.flags,
+            plain_icmp,
         }
     }
 
@@ -172,7 +178,7 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
         Err(parse::Malformed) => return deny_malformed(Some(&network)),
     };
     if packet.fragment == Fragment::Later {
-        return later_fragment(&network, &packet);
+        return later_fragment(link, &network, &packet);
     }
 
     let decision = decide(link, &network, &packet, rules);
@@ -186,10 +192,16 @@ fn enforce(ctx: &XdpContext, link: Link) -> u32 {
     // Only a deny needs the configuration and the reply checks, so a pass skips them.
     let config = config();
     let monitor = decision.monitor(&config);
+    // The punt reports the flow the rule matched: the quoted one, or the ICMP packet itself.
+    let flow = if decision.plain_icmp {
+        plain_flow(&packet)
+    } else {
+        packet.flow
+    };
 
     punt(
         &network,
-        &packet.flow,
+        &flow,
         decision.device_id,
         decision.resource_id,
         reason,
@@ -256,6 +268,36 @@ fn rule_matches(rule: &ResourceRule, flow: &Flow) -> bool {
     flow.has_ports && rule.port_lo <= flow.dst_port && flow.dst_port <= rule.port_hi
 }
 
+/// Returns whether the frame comes from the device's bound MAC address, when it has one. Raw-IP
+/// links carry no MAC address, so no binding applies there.
+#[inline(always)]
+fn mac_matches(link: Link, device: &DeviceEntry, network: &Network) -> bool {
+    let mac_bound = device.flags & DEVICE_FLAG_MAC_BOUND != 0;
+    link != Link::Ethernet || !mac_bound || same_mac(&device.mac, &network.src_mac)
+}
+
+/// Returns the expiry of the (device, resource) session, or `None` when there is none.
+#[inline(always)]
+fn session_expiry(device_id: u32, resource_id: u32) -> Option<u64> {
+    let key = SessionKey {
+        device_id,
+        resource_id,
+    };
+    // SAFETY: user space replaces entries whole, and the expiry is read at once.
+    unsafe { SESSIONS.get(key) }.map(|session| session.expires_at_boot_ns)
+}
+
+/// Returns the flow of an ICMP or ICMPv6 packet seen as itself: its protocol and no ports.
+#[inline(always)]
+fn plain_flow(packet: &Packet) -> Flow {
+    Flow {
+        protocol: packet.protocol,
+        has_ports: false,
+        src_port: 0,
+        dst_port: 0,
+    }
+}
+
 #[inline(always)]
 fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
     let mut same = true;
@@ -270,12 +312,7 @@ fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
 /// the first rule matching it as a plain ICMP packet.
 #[inline(always)]
 fn decide(link: Link, network: &Network, packet: &Packet, rules: &PrefixRules) -> Decision {
-    let plain_icmp = Flow {
-        protocol: packet.protocol,
-        has_ports: false,
-        src_port: 0,
-        dst_port: 0,
-    };
+    let plain_icmp = plain_flow(packet);
     let mut matched: Option<ResourceRule> = None;
     let mut matched_plain: Option<ResourceRule> = None;
     for index in 0..MAX_RULES_PER_PREFIX {
@@ -294,6 +331,7 @@ fn decide(link: Link, network: &Network, packet: &Packet, rules: &PrefixRules) -
             matched_plain = Some(rule);
         }
     }
+    let plain = matched.is_none();
     let Some(rule) = matched.or(matched_plain) else {
         return Decision::pass(
             counters::PASS_UNPROTECTED,
@@ -303,25 +341,20 @@ fn decide(link: Link, network: &Network, packet: &Packet, rules: &PrefixRules) -
     };
 
     let Some(device) = device(network) else {
-        return Decision::deny(Reason::UnknownDevice, UNKNOWN_DEVICE_ID, &rule);
+        return Decision::deny(Reason::UnknownDevice, UNKNOWN_DEVICE_ID, &rule, plain);
     };
-    let mac_bound = device.flags & DEVICE_FLAG_MAC_BOUND != 0;
-    if link == Link::Ethernet && mac_bound && !same_mac(&device.mac, &network.src_mac) {
-        return Decision::deny(Reason::WrongMac, device.device_id, &rule);
+    let device_id = device.device_id;
+    if !mac_matches(link, device, network) {
+        return Decision::deny(Reason::WrongMac, device_id, &rule, plain);
     }
 
-    let key = SessionKey {
-        device_id: device.device_id,
-        resource_id: rule.resource_id,
-    };
-    // SAFETY: user space replaces entries whole, and the expiry is read at once.
-    let Some(session) = (unsafe { SESSIONS.get(key) }) else {
-        return Decision::deny(Reason::NoSession, device.device_id, &rule);
-    };
-    if boot_ns() >= session.expires_at_boot_ns {
-        return Decision::deny(Reason::Expired, device.device_id, &rule);
+    match session_expiry(device_id, rule.resource_id) {
+        None => Decision::deny(Reason::NoSession, device_id, &rule, plain),
+        Some(expires_at_boot_ns) if boot_ns() >= expires_at_boot_ns => {
+            Decision::deny(Reason::Expired, device_id, &rule, plain)
+        }
+        Some(_) => Decision::pass(counters::PASS_SESSION, device_id, rule.resource_id),
     }
-    Decision::pass(counters::PASS_SESSION, device.device_id, rule.resource_id)
 }
 
 #[inline(always)]
@@ -355,15 +388,17 @@ fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
     let _ = FRAGMENTS.insert(fragment_key(network, packet), value, 0);
 }
 
-/// Passes a later fragment only when its datagram's first fragment passed.
-// NOTE: the device's MAC binding is checked on the first fragment only; a later fragment from
-// the bound address and another MAC passes when its first fragment did.
+/// Passes a later fragment only when its datagram's first fragment passed and that pass is
+/// still valid (see `first_fragment_holds`). Every other later fragment is dropped as
+/// `deny_fragment`, in monitor mode too, because it has no L4 header to reply to.
 #[inline(always)]
-fn later_fragment(network: &Network, packet: &Packet) -> u32 {
+fn later_fragment(link: Link, network: &Network, packet: &Packet) -> u32 {
     // SAFETY: the value is copied out at once.
     let recorded = unsafe { FRAGMENTS.get(fragment_key(network, packet)) }.copied();
     let (device_id, resource_id) = match recorded {
-        Some(value) if value.allowed != 0 => return verdict(value.counter as u32, XDP_PASS),
+        Some(value) if value.allowed != 0 && first_fragment_holds(link, network, &value) => {
+            return verdict(value.counter as u32, XDP_PASS);
+        }
         Some(value) => (value.device_id, value.resource_id),
         None => (UNKNOWN_DEVICE_ID, UNKNOWN_RESOURCE_ID),
     };
@@ -377,6 +412,29 @@ fn later_fragment(network: &Network, packet: &Packet) -> u32 {
         &config(),
     );
     verdict(counters::DENY_FRAGMENT, XDP_DROP)
+}
+
+/// Returns whether a first fragment's pass applies to a later fragment now. A pass on a
+/// session needs the same device at the source address, its MAC binding, and the session
+/// still live, so an expiry or a revocation stops a datagram under way. Passes of unprotected
+/// and monitor-mode packets needed no session and still apply.
+// NOTE: a datagram whose first fragment passed in monitor mode keeps passing its later
+// fragments after monitor mode is turned off, until `FRAGMENTS` evicts its entry.
+#[inline(always)]
+fn first_fragment_holds(link: Link, network: &Network, recorded: &FragmentValue) -> bool {
+    if recorded.counter as u32 != counters::PASS_SESSION {
+        return true;
+    }
+    let Some(device) = device(network) else {
+        return false;
+    };
+    if device.device_id != recorded.device_id || !mac_matches(link, device, network) {
+        return false;
+    }
+    match session_expiry(recorded.device_id, recorded.resource_id) {
+        Some(expires_at_boot_ns) => boot_ns() < expires_at_boot_ns,
+        None => false,
+    }
 }
 
 #[inline(always)]

@@ -259,10 +259,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
     Ok(packet)
 }
 
-/// Validates version and payload length and walks at most `IPV6_EXT_MAX_DEPTH` extension
-/// headers. Hop-by-hop options must come first, a second fragment header is malformed, and a
-/// chain still going after the bound is malformed. Any other next header ends the walk and
-/// is the upper-layer protocol.
+/// Validates version and payload length and walks the extension headers (see `extensions`).
 #[inline(always)]
 fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
     let header: [u8; 8] = read(ctx, l3).ok_or(Malformed)?;
@@ -275,10 +272,53 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
         return Err(Malformed);
     }
 
-    let mut next_header = header[6];
-    let mut offset = l3 + 40;
+    let chain = extensions(ctx, header[6], l3 + 40, ip_end)?;
+    let mut packet = new_packet(
+        ip_end,
+        forget(chain.offset).ok_or(Malformed)?,
+        chain.next_header,
+    );
+    packet.fragment = chain.fragment;
+    if chain.fragment != Fragment::Whole {
+        packet.fragment_id = chain.fragment_id;
+        packet.fragment_protocol = chain.fragment_protocol;
+    }
+    Ok(packet)
+}
+
+/// An IPv6 extension header chain after its walk.
+struct Chain {
+    /// Upper-layer protocol; for a later fragment, the next header of the fragment header.
+    next_header: u8,
+    /// Offset of the upper-layer header, or of the fragment data of a later fragment.
+    offset: usize,
+    fragment: Fragment,
+    /// Identification of the fragment header, when there is one.
+    fragment_id: u32,
+    /// Next header of the fragment header, when there is one.
+    fragment_protocol: u8,
+}
+
+/// Walks at most `IPV6_EXT_MAX_DEPTH` extension headers that start at `offset` with type
+/// `next_header` and must end by `end`. Hop-by-hop options must come first, a second fragment
+/// header is malformed, and a chain still going after the bound is malformed. A later
+/// fragment ends the walk at its fragment header. Any other next header that is not an
+/// extension header ends the walk and is the upper-layer protocol.
+#[inline(always)]
+fn extensions(
+    ctx: &XdpContext,
+    mut next_header: u8,
+    mut offset: usize,
+    end: usize,
+) -> Result<Chain, Malformed> {
+    let mut chain = Chain {
+        next_header,
+        offset,
+        fragment: Fragment::Whole,
+        fragment_id: 0,
+        fragment_protocol: next_header,
+    };
     let mut fragment_seen = false;
-    let mut packet = new_packet(ip_end, offset, next_header);
     for index in 0..IPV6_EXT_MAX_DEPTH {
         if !ip_protocol::is_ipv6_extension(next_header) {
             break;
@@ -287,7 +327,7 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
             return Err(Malformed);
         }
         if next_header == ip_protocol::FRAGMENT {
-            if fragment_seen || offset + 8 > ip_end {
+            if fragment_seen || offset + 8 > end {
                 return Err(Malformed);
             }
             fragment_seen = true;
@@ -295,22 +335,19 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
             let field = u16::from_be_bytes([fragment[2], fragment[3]]);
             next_header = fragment[0];
             offset += 8;
+            chain.fragment_protocol = next_header;
+            chain.fragment_id =
+                u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
             if field & 0xfff8 != 0 {
-                packet.fragment = Fragment::Later;
-            } else if field & 1 != 0 {
-                packet.fragment = Fragment::First;
-            }
-            if packet.fragment != Fragment::Whole {
-                packet.fragment_protocol = next_header;
-                packet.fragment_id =
-                    u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
-            }
-            if packet.fragment == Fragment::Later {
+                chain.fragment = Fragment::Later;
                 break;
+            }
+            if field & 1 != 0 {
+                chain.fragment = Fragment::First;
             }
             continue;
         }
-        if offset + 2 > ip_end {
+        if offset + 2 > end {
             return Err(Malformed);
         }
         let extension: [u8; 2] = read(ctx, offset).ok_or(Malformed)?;
@@ -321,21 +358,16 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
         };
         next_header = extension[0];
         offset += length;
-        if offset > ip_end {
+        if offset > end {
             return Err(Malformed);
         }
     }
-    if packet.fragment != Fragment::Later && ip_protocol::is_ipv6_extension(next_header) {
+    if chain.fragment != Fragment::Later && ip_protocol::is_ipv6_extension(next_header) {
         return Err(Malformed);
     }
-
-    packet.l4 = forget(offset).ok_or(Malformed)?;
-    packet.protocol = next_header;
-    packet.flow.protocol = next_header;
-    if packet.fragment == Fragment::Whole {
-        packet.fragment_protocol = next_header;
-    }
-    Ok(packet)
+    chain.next_header = next_header;
+    chain.offset = offset;
+    Ok(chain)
 }
 
 #[inline(always)]
@@ -388,8 +420,8 @@ fn quoted_flow(ctx: &XdpContext, packet: &Packet, network: &Network) -> Result<F
     let inner = packet.l4 + 8;
     let protocol;
     let inner_l4;
-    let mut quoted_src = [0u8; 16];
-    let mut quoted_dst = [0u8; 16];
+    let quoted_src: [u8; 16];
+    let quoted_dst: [u8; 16];
     if network.version == 4 {
         if inner + 20 > packet.ip_end {
             return Err(Malformed);
@@ -402,21 +434,26 @@ fn quoted_flow(ctx: &XdpContext, packet: &Packet, network: &Network) -> Result<F
         }
         protocol = header[9];
         inner_l4 = inner + header_len;
-        quoted_src[..4].copy_from_slice(&header[12..16]);
-        quoted_dst[..4].copy_from_slice(&header[16..20]);
+        quoted_src = ipv4_address([header[12], header[13], header[14], header[15]]);
+        quoted_dst = ipv4_address([header[16], header[17], header[18], header[19]]);
     } else {
         if inner + 40 > packet.ip_end {
             return Err(Malformed);
         }
         let header: [u8; 8] = read(ctx, inner).ok_or(Malformed)?;
-        // NOTE: a quoted IPv6 packet with extension headers is not walked; it is malformed.
-        if header[0] >> 4 != 6 || ip_protocol::is_ipv6_extension(header[6]) {
+        if header[0] >> 4 != 6 {
             return Err(Malformed);
         }
-        protocol = header[6];
-        inner_l4 = inner + 40;
         quoted_src = read(ctx, inner + 8).ok_or(Malformed)?;
         quoted_dst = read(ctx, inner + 24).ok_or(Malformed)?;
+        // The quote is cut short, so its own payload length is not checked: the chain and
+        // the ports must fit in the outer datagram.
+        let chain = extensions(ctx, header[6], inner + 40, packet.ip_end)?;
+        if chain.fragment == Fragment::Later {
+            return Err(Malformed);
+        }
+        protocol = chain.next_header;
+        inner_l4 = forget(chain.offset).ok_or(Malformed)?;
     }
     let mut same_flow = true;
     for index in 0..16 {

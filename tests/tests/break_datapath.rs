@@ -1,12 +1,12 @@
 //! Hostile packets through the real XDP program with `BPF_PROG_TEST_RUN`. Each test states the
 //! verdict the data-path invariants require. Tests named `*_held` check a case the program
-//! already handles. The others reproduce findings that are now fixed, except the ignored one.
+//! already handles. The others reproduce findings that are now fixed.
 
 use std::net::IpAddr;
 
 use common::{
     Action, DeviceEntry, PROTOCOL_ANY, PrefixRules, RULE_FLAG_ANY_PORT, ResourceRule, SessionKey,
-    SessionValue, counters,
+    SessionValue, counters, map_names,
 };
 use enforcer::dataplane::reference::LinkKind;
 use enforcer_tests::{
@@ -304,22 +304,37 @@ fn icmp_error_quotes_other_resource() {
     );
 }
 
-/// A first fragment sent while the session was live leaves a verdict that outlives the
-/// session: its later fragments still pass after the session is deleted or expires.
-// NOTE: `FRAGMENTS` entries carry no expiry and are not checked against the session, so a
-// later fragment passes for as long as its first fragment's entry stays in the LRU map.
-#[test]
-#[ignore = "FRAGMENTS entries carry no expiry, so a recorded verdict outlives its session"]
-fn fragment_outlives_session() {
-    let mut program = setup();
+/// Sends the first fragment of a TCP segment from device A to SSH, which passes on A's live
+/// session, and returns a later fragment of the same datagram.
+fn first_fragment_passed(program: &mut TestProgram, id: u16) -> Ipv4 {
     let segment = tcp(40000, 22, 1000, 0, TCP_ACK, &[0x41; 40]);
     let mut first = Ipv4::new(DEVICE_A, SERVER, IPPROTO_TCP);
-    first.id = 0x7777;
+    first.id = id;
     first.more_fragments = true;
     let frame = eth4(&first.packet(&segment[..32]));
     print_frame(&frame);
-    let (action, _) = run_eth(&mut program, &frame);
-    assert_eq!(action, XDP_PASS);
+    let (action, moved) = run_eth(program, &frame);
+    assert_eq!(action, XDP_PASS, "first fragment, moved {moved:?}");
+    let mut later = first;
+    later.fragment_offset = 4;
+    later.more_fragments = false;
+    later
+}
+
+fn later_payload() -> Vec<u8> {
+    tcp(40000, 22, 1000, 0, TCP_ACK, &[0x41; 40])[32..].to_vec()
+}
+
+/// A first fragment sent while the session was live must not let later fragments through
+/// after the session expires.
+#[test]
+fn fragment_outlives_session() {
+    let mut program = setup();
+    let later = first_fragment_passed(&mut program, 0x7777);
+    let frame = eth4(&later.packet(&later_payload()));
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(action, XDP_PASS, "later fragment on a live session");
+    assert!(has(&moved, counters::PASS_SESSION), "moved {moved:?}");
 
     program
         .set_session(
@@ -332,16 +347,166 @@ fn fragment_outlives_session() {
             },
         )
         .unwrap();
-    let mut later = first.clone();
-    later.fragment_offset = 4;
-    later.more_fragments = false;
-    let frame = eth4(&later.packet(&segment[32..]));
     print_frame(&frame);
     let (action, moved) = run_eth(&mut program, &frame);
     assert_eq!(
         action, XDP_DROP,
         "a later fragment passed after the session expired, moved {moved:?}"
     );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+}
+
+/// A revocation deletes the session; later fragments of a datagram that passed before it
+/// must stop at once.
+#[test]
+fn fragment_outlives_revocation() {
+    let mut program = setup();
+    let later = first_fragment_passed(&mut program, 0x7778);
+    let mut sessions: aya::maps::HashMap<_, SessionKey, SessionValue> =
+        program.map(map_names::SESSIONS).unwrap();
+    sessions
+        .remove(&SessionKey {
+            device_id: DEVICE_A_ID,
+            resource_id: SSH,
+        })
+        .unwrap();
+    let frame = eth4(&later.packet(&later_payload()));
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(
+        action, XDP_DROP,
+        "a later fragment passed after the session was revoked, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+}
+
+/// Device A is bound to `CLIENT_MAC`. A later fragment of A's allowed datagram from another
+/// MAC address must not pass on the first fragment's verdict.
+#[test]
+fn fragment_from_wrong_mac() {
+    let mut program = setup();
+    let later = first_fragment_passed(&mut program, 0x7779);
+    let frame = ethernet(
+        [2, 0, 0, 0, 0, 0xee],
+        &[],
+        ETH_P_IPV4,
+        &later.packet(&later_payload()),
+    );
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(
+        action, XDP_DROP,
+        "a later fragment from the wrong MAC passed, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+
+    // From the bound MAC the same fragment still passes.
+    let frame = eth4(&later.packet(&later_payload()));
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(action, XDP_PASS, "moved {moved:?}");
+}
+
+/// The source address moves to another device after the first fragment passed: the later
+/// fragment must not pass on the old device's session.
+#[test]
+fn fragment_after_address_moves() {
+    let mut program = setup();
+    let later = first_fragment_passed(&mut program, 0x777a);
+    let moved_device = DeviceEntry {
+        device_id: DEVICE_C_ID,
+        ..Default::default()
+    };
+    program
+        .set_device(IpAddr::from(DEVICE_A), moved_device)
+        .unwrap();
+    let frame = eth4(&later.packet(&later_payload()));
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(
+        action, XDP_DROP,
+        "a later fragment passed for another device, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+}
+
+/// An ICMPv6 error quoting a packet with extension headers is classified by the quoted flow
+/// after them, not dropped as malformed.
+#[test]
+fn icmpv6_error_quotes_extension_headers() {
+    let mut program = setup();
+    let quoted_tcp = tcp(22, 40000, 1, 0, TCP_ACK, &[]);
+    let error_for = |next_header: u8, chain: &[u8]| {
+        let mut quoted_payload = chain.to_vec();
+        quoted_payload.extend_from_slice(&quoted_tcp[..8]);
+        let quoted = ipv6(SERVER_V6, DEVICE_B, next_header, &quoted_payload);
+        let mut rest = vec![0; 4];
+        rest.extend_from_slice(&quoted);
+        eth6(&ipv6(
+            DEVICE_B,
+            SERVER_V6,
+            IPPROTO_ICMPV6,
+            &icmp(1, 4, &rest),
+        ))
+    };
+    let mut routing = vec![IPPROTO_FRAGMENT, 2, 0, 1, 0, 0, 0, 0];
+    routing.extend_from_slice(&OUTSIDE_V6);
+    let chain = [
+        ipv6_options(IPPROTO_DSTOPTS),
+        ipv6_options(IPPROTO_ROUTING),
+        routing,
+        ipv6_fragment(IPPROTO_TCP, 0, true, 5),
+    ]
+    .concat();
+    let frame = error_for(IPPROTO_HOPOPTS, &chain);
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(action, XDP_PASS, "quoted SSH flow of B, moved {moved:?}");
+    assert!(has(&moved, counters::PASS_SESSION), "moved {moved:?}");
+
+    // The same chain quoting port 23 is V6_ANY, where B has no session.
+    let mut other_port = frame.clone();
+    let port_offset = other_port.len() - 8;
+    other_port[port_offset..port_offset + 2].copy_from_slice(&23u16.to_be_bytes());
+    let (action, moved) = run_eth(&mut program, &other_port);
+    assert_eq!(action, XDP_DROP, "quoted port 23, moved {moved:?}");
+    assert!(has(&moved, counters::DENY_NO_SESSION), "moved {moved:?}");
+
+    let malformed: Vec<(&str, u8, Vec<u8>)> = vec![
+        (
+            "quoted later fragment",
+            IPPROTO_FRAGMENT,
+            ipv6_fragment(IPPROTO_TCP, 8, false, 6),
+        ),
+        (
+            "quoted hop-by-hop after destination options",
+            IPPROTO_DSTOPTS,
+            [ipv6_options(IPPROTO_HOPOPTS), ipv6_options(IPPROTO_TCP)].concat(),
+        ),
+        (
+            "quoted chain longer than the walk bound",
+            IPPROTO_DSTOPTS,
+            [
+                vec![ipv6_options(IPPROTO_DSTOPTS); common::IPV6_EXT_MAX_DEPTH],
+                vec![ipv6_options(IPPROTO_TCP)],
+            ]
+            .concat()
+            .concat(),
+        ),
+        (
+            "quoted header running past the error",
+            IPPROTO_DSTOPTS,
+            vec![IPPROTO_TCP, 0x10, 1, 4, 0, 0, 0, 0],
+        ),
+    ];
+    for (name, next_header, chain) in malformed {
+        let frame = error_for(next_header, &chain);
+        let (action, moved) = run_eth(&mut program, &frame);
+        assert_eq!(action, XDP_DROP, "{name}");
+        assert!(
+            has(&moved, counters::DENY_MALFORMED),
+            "{name}: moved {moved:?}"
+        );
+    }
 }
 
 /// A reject must send no reply to a loopback or class E source (RFC 1812 4.3.2.7 and

@@ -1,6 +1,9 @@
 //! Differential test: random and mutated packets through the real XDP program
 //! (`BPF_PROG_TEST_RUN`) and through the reference classifier, which must agree on the XDP
 //! action, on the reply bytes, on leaving passed packets untouched, and on the counter totals.
+//! ICMP errors quote matching and mismatched addresses and ports, IPv6 extension headers and
+//! mutated bytes, and two sessions cycle through live, expired and deleted during the run, so
+//! later fragments meet sessions that ended after their first fragment passed.
 //!
 //! The generator is a seeded splitmix64. The seed is printed; replay a run with
 //! `DATAPATH_SEED=<seed> cargo xtask test datapath_differential`, and change the packet count
@@ -28,6 +31,21 @@ const DEFAULT_PACKETS: u64 = 1_000_000;
 const TIME_LIMIT: Duration = Duration::from_secs(600);
 /// Packets between two resets of the fragment tables, so the kernel's LRU map never evicts.
 const FRAGMENT_RESET_INTERVAL: u64 = 20_000;
+/// Packets between two changes of the flipped sessions, so that later fragments arrive after
+/// the session that let their first fragment pass has expired or been deleted.
+const SESSION_FLIP_INTERVAL: u64 = 3_000;
+/// Sessions that the run expires, deletes and renews in turn: device A's SSH and device B's
+/// IPv6 any-protocol resource.
+const FLIPPED_SESSIONS: [SessionKey; 2] = [
+    SessionKey {
+        device_id: 1,
+        resource_id: 10,
+    },
+    SessionKey {
+        device_id: 2,
+        resource_id: 42,
+    },
+];
 
 const DEVICE_A: [u8; 4] = [192, 0, 2, 10];
 const DEVICE_C: [u8; 4] = [192, 0, 2, 11];
@@ -262,39 +280,141 @@ fn upper_layer(
             } else {
                 random.pick(&[1u8, 2, 3, 4])
             };
-            let quoted_protocol = random.pick(&[IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, 132]);
-            let inner_l4 = udp(random.pick(&[22, 53, 443, 1500]), 40000, b"");
-            let inner = if version == 4 {
-                let mut header = Ipv4::new(
-                    dst[..4].try_into().expect("IPv4 address"),
-                    src[..4].try_into().expect("IPv4 address"),
-                    quoted_protocol,
-                );
-                if random.chance(10) {
-                    header.fragment_offset = 3;
-                }
-                header.packet(&inner_l4)
-            } else {
-                let next = if random.chance(10) {
-                    60
-                } else {
-                    quoted_protocol
-                };
-                ipv6(
-                    dst.try_into().expect("IPv6 address"),
-                    src.try_into().expect("IPv6 address"),
-                    next,
-                    &inner_l4,
-                )
-            };
-            let quote_len = random.below(inner.len() as u64 + 1) as usize;
             let mut rest = vec![0u8; 4];
-            rest.extend_from_slice(&inner[..quote_len.max(inner.len() * 3 / 4)]);
+            rest.extend_from_slice(&quote(random, version, src, dst));
             icmp(error_type, random.below(16) as u8, &rest)
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => icmp(random.pick(&[8u8, 0, 128, 129]), 0, &data),
         _ => data,
     }
+}
+
+/// Returns the address an ICMP error's quote names in place of `expected`: mostly `expected`
+/// itself, sometimes another known address, random bytes, or `expected` with one bit flipped.
+fn quoted_address(random: &mut Generator, version: u8, expected: &[u8]) -> Vec<u8> {
+    let mut address = expected.to_vec();
+    match random.below(10) {
+        0 => {
+            address = if version == 4 {
+                random
+                    .pick(&[
+                        DEVICE_A,
+                        DEVICE_C,
+                        UNKNOWN_V4,
+                        DESTINATIONS_V4[0],
+                        DESTINATIONS_V4[2],
+                    ])
+                    .to_vec()
+            } else {
+                random
+                    .pick(&[DEVICE_B, UNKNOWN_V6, DESTINATIONS_V6[0], DESTINATIONS_V6[1]])
+                    .to_vec()
+            };
+        }
+        1 => address
+            .iter_mut()
+            .for_each(|byte| *byte = random.next() as u8),
+        2 => {
+            let index = random.below(address.len() as u64) as usize;
+            address[index] ^= 1 << random.below(8);
+        }
+        _ => {}
+    }
+    address
+}
+
+/// Returns the quote of an ICMP error sent from `src` to `dst`: the start of a packet from
+/// `dst` to `src`. Its addresses, ports, IPv6 extension headers and fragment offset sometimes
+/// do not fit the outer packet, and it is cut at a random length and sometimes mutated.
+fn quote(random: &mut Generator, version: u8, src: &[u8], dst: &[u8]) -> Vec<u8> {
+    let quoted_src = quoted_address(random, version, dst);
+    let quoted_dst = quoted_address(random, version, src);
+
+    let random_protocol = random.next() as u8;
+    let quoted_protocol = random.pick(&[
+        IPPROTO_TCP,
+        IPPROTO_UDP,
+        IPPROTO_ICMP,
+        IPPROTO_ICMPV6,
+        132,
+        random_protocol,
+    ]);
+    let random_port = random.next() as u16;
+    let src_port = random.pick(&[22, 53, 443, 1500, 80, random_port]);
+    let dst_port = if random.chance(80) {
+        40000
+    } else {
+        random.next() as u16
+    };
+    let inner_l4 = udp(src_port, dst_port, b"");
+
+    let mut inner = if version == 4 {
+        let mut header = Ipv4::new(
+            quoted_src[..4].try_into().expect("IPv4 address"),
+            quoted_dst[..4].try_into().expect("IPv4 address"),
+            quoted_protocol,
+        );
+        if random.chance(10) {
+            header.fragment_offset = 3;
+        }
+        if random.chance(10) {
+            header.options = vec![1; 4 * random.below(4) as usize];
+        }
+        header.packet(&inner_l4)
+    } else {
+        let (first, chain) = if random.chance(30) {
+            extension_chain(random, quoted_protocol, 5)
+        } else {
+            (quoted_protocol, Vec::new())
+        };
+        let mut payload = chain;
+        payload.extend_from_slice(&inner_l4);
+        ipv6(
+            quoted_src[..].try_into().expect("IPv6 address"),
+            quoted_dst[..].try_into().expect("IPv6 address"),
+            first,
+            &payload,
+        )
+    };
+
+    let min_len = inner.len() * 3 / 4;
+    let quote_len = (random.below(inner.len() as u64 + 1) as usize).max(min_len);
+    inner.truncate(quote_len);
+    if random.chance(10) {
+        mutate_bytes(random, &mut inner);
+    }
+    inner
+}
+
+/// Returns a random IPv6 extension header chain of fewer than `max_headers` headers that ends
+/// in `protocol`, and the type of its first header (`protocol` itself for an empty chain).
+/// Fragment headers have a zero or random offset, so some chains are later fragments.
+fn extension_chain(random: &mut Generator, protocol: u8, max_headers: u64) -> (u8, Vec<u8>) {
+    let mut chain: Vec<(u8, Vec<u8>)> = Vec::new();
+    for _ in 0..random.below(max_headers) {
+        let kind = random.pick(&[0u8, 43, 44, 60, 51, 60]);
+        let header = match kind {
+            44 => {
+                let offset = if random.chance(50) {
+                    0
+                } else {
+                    random.below(200) as u16
+                };
+                ipv6_fragment(0, offset, random.chance(60), random.below(32) as u32)
+            }
+            51 => vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            _ => ipv6_options(0),
+        };
+        chain.push((kind, header));
+    }
+    let mut bytes = Vec::new();
+    for (index, (_, header)) in chain.iter().enumerate() {
+        let mut header = header.clone();
+        header[0] = chain.get(index + 1).map_or(protocol, |(kind, _)| *kind);
+        bytes.extend_from_slice(&header);
+    }
+    let first = chain.first().map_or(protocol, |(kind, _)| *kind);
+    (first, bytes)
 }
 
 fn ipv4_packet(random: &mut Generator) -> Vec<u8> {
@@ -379,6 +499,21 @@ fn ipv6_packet(random: &mut Generator) -> Vec<u8> {
     ipv6(src, dst, first, &payload)
 }
 
+/// Flips or overwrites up to three bytes.
+fn mutate_bytes(random: &mut Generator, bytes: &mut [u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    for _ in 0..=random.below(3) {
+        let index = random.below(bytes.len() as u64) as usize;
+        if random.chance(50) {
+            bytes[index] ^= 1 << random.below(8);
+        } else {
+            bytes[index] = random.next() as u8;
+        }
+    }
+}
+
 /// Flips, truncates, extends or overwrites bytes of a valid frame.
 fn mutate(random: &mut Generator, frame: &mut Vec<u8>) {
     for _ in 0..=random.below(3) {
@@ -444,6 +579,35 @@ fn frame(random: &mut Generator) -> (LinkKind, Vec<u8>) {
     (link, frame)
 }
 
+/// Sets the flipped sessions to the `step`th state of the cycle live, expired, deleted, in the
+/// kernel and in the reference tables alike.
+fn flip_sessions(program: &mut TestProgram, tables: &mut Tables, step: u64) {
+    let mut sessions: aya::maps::HashMap<_, SessionKey, SessionValue> =
+        program.map(map_names::SESSIONS).unwrap();
+    for key in FLIPPED_SESSIONS {
+        match step % 3 {
+            0 => {
+                let live = SessionValue {
+                    expires_at_boot_ns: boot_ns_now() + 3_600_000_000_000,
+                };
+                sessions.insert(key, live, 0).unwrap();
+                tables.sessions.insert(key, live);
+            }
+            1 => {
+                let expired = SessionValue {
+                    expires_at_boot_ns: 1,
+                };
+                sessions.insert(key, expired, 0).unwrap();
+                tables.sessions.insert(key, expired);
+            }
+            _ => {
+                sessions.remove(&key).unwrap();
+                tables.sessions.remove(&key);
+            }
+        }
+    }
+}
+
 fn clear_fragments(program: &mut TestProgram, state: &mut State) {
     let mut map: aya::maps::HashMap<_, FragmentKey, FragmentValue> =
         program.map(map_names::FRAGMENTS).unwrap();
@@ -469,7 +633,7 @@ fn kernel_and_reference_agree_on_random_packets() {
         "generator: splitmix64, seed {seed}, {packets} packets (replay with DATAPATH_SEED={seed})"
     );
 
-    let (mut program, tables) = setup();
+    let (mut program, mut tables) = setup();
     let mut state = State::default();
     let mut generator = Generator(seed);
     let mut expected_counters = [0u64; counters::COUNT as usize];
@@ -479,6 +643,9 @@ fn kernel_and_reference_agree_on_random_packets() {
     while sent < packets && started.elapsed() < TIME_LIMIT {
         if sent % FRAGMENT_RESET_INTERVAL == 0 {
             clear_fragments(&mut program, &mut state);
+        }
+        if sent % SESSION_FLIP_INTERVAL == 0 {
+            flip_sessions(&mut program, &mut tables, sent / SESSION_FLIP_INTERVAL);
         }
         let (link, frame) = frame(&mut generator);
         let kernel = program.run(link, &frame).unwrap();

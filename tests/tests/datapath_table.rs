@@ -233,6 +233,22 @@ fn quoted_v4(protocol: u8, src_port: u16, dst_port: u16) -> Vec<u8> {
     )
 }
 
+/// Returns an ICMPv6 error from device B quoting a TCP packet that the resource sent to B,
+/// with the extension headers `chain` whose first type is `next_header`.
+fn icmpv6_error_quoting(next_header: u8, chain: &[u8]) -> Vec<u8> {
+    let mut quoted_payload = chain.to_vec();
+    quoted_payload.extend_from_slice(&tcp(443, 40000, 5, 6, 0, b"")[..8]);
+    let inner = ipv6(SERVER_V6, DEVICE_B, next_header, &quoted_payload);
+    let mut rest = vec![0u8; 4];
+    rest.extend_from_slice(&inner);
+    eth_v6(ipv6(
+        DEVICE_B,
+        SERVER_V6,
+        IPPROTO_ICMPV6,
+        &icmp(1, 4, &rest),
+    ))
+}
+
 fn truncate(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
     frame.truncate(len);
     frame
@@ -521,6 +537,16 @@ fn cases() -> Vec<Case> {
             counters::PASS_SESSION,
         ),
         case(
+            "ipv4 later fragment of allowed datagram from wrong mac",
+            {
+                let mut frame = v4_fragment(DEVICE_A, 77, 6, false, &[0; 24]);
+                frame[6..12].copy_from_slice(&WRONG_MAC);
+                frame
+            },
+            Drop,
+            counters::DENY_FRAGMENT,
+        ),
+        case(
             "ipv4 later fragment never seen",
             v4_fragment(DEVICE_A, 78, 5, false, &[0; 24]),
             Drop,
@@ -672,6 +698,27 @@ fn cases() -> Vec<Case> {
         case(
             "ipv6 header truncated",
             truncate(eth_v6(ipv6(DEVICE_B, SERVER_V6, 59, &[])), 14 + 30),
+            Drop,
+            counters::DENY_MALFORMED,
+        ),
+        case(
+            "icmpv6 error quoting extension headers",
+            icmpv6_error_quoting(
+                0,
+                &[
+                    ipv6_options(60),
+                    ipv6_options(43),
+                    vec![44, 0, 0, 0, 0, 0, 0, 0],
+                    ipv6_fragment(IPPROTO_TCP, 0, true, 0x5151),
+                ]
+                .concat(),
+            ),
+            Pass,
+            counters::PASS_SESSION,
+        ),
+        case(
+            "icmpv6 error quoting later fragment",
+            icmpv6_error_quoting(44, &ipv6_fragment(IPPROTO_TCP, 3, true, 0x5152)),
             Drop,
             counters::DENY_MALFORMED,
         ),
@@ -1021,4 +1068,42 @@ fn monitor_all_passes_and_punts() {
         .expect("punt for the monitored deny");
     assert_eq!(monitor_event.monitor, 1, "monitor flag");
     assert_eq!(monitor_event.reason, Reason::UnknownDevice as u8, "reason");
+}
+
+/// An ICMP error whose quoted flow matches no rule is denied by the ICMP rule it matches as a
+/// plain ICMP packet, and its punt reports that match: protocol ICMP and no ports.
+#[test]
+fn icmp_error_fallback_punts_icmp() {
+    require_root();
+    let (mut program, tables) = setup();
+    let mut punts = program.take_punts().unwrap();
+    let mut state = State::default();
+    let frame = quoted_v4(IPPROTO_TCP, 80, 40000);
+    let result = program.run(LinkKind::Ethernet, &frame).unwrap();
+    let model = reference::classify(
+        &frame,
+        LinkKind::Ethernet,
+        &tables,
+        &mut state,
+        boot_ns_now(),
+    );
+    assert_eq!(result.action, XdpAction::Drop.code(), "XDP action");
+    assert_eq!(model.action, XdpAction::Drop, "reference action");
+    assert_eq!(model.reason, Some(Reason::NoSession), "reference reason");
+
+    let events = drain_punts(&mut punts);
+    assert_eq!(events.len(), 1, "punts: {events:?}");
+    let event = events[0];
+    assert_eq!(event.resource_id, PING, "punt resource");
+    assert_eq!(event.device_id, DEVICE_A_ID, "punt device");
+    assert_eq!(event.protocol, IPPROTO_ICMP, "punt protocol");
+    assert_eq!(event.src_port, 0, "punt source port");
+    assert_eq!(event.dst_port, 0, "punt destination port");
+    let model_event = model.punt.expect("reference punt");
+    assert_eq!(
+        model_event.protocol, IPPROTO_ICMP,
+        "reference punt protocol"
+    );
+    assert_eq!(model_event.src_port, 0, "reference punt source port");
+    assert_eq!(model_event.dst_port, 0, "reference punt destination port");
 }

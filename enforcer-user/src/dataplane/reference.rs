@@ -354,10 +354,44 @@ fn ipv6(frame: &[u8], l3: usize) -> Result<Packet, Malformed> {
         return Err(Malformed);
     }
 
-    let mut next_header = header[6];
-    let mut offset = l3 + 40;
+    let chain = extensions(frame, header[6], l3 + 40, ip_end)?;
+    let mut packet = new_packet(ip_end, chain.offset, chain.next_header);
+    packet.fragment = chain.fragment;
+    if chain.fragment != Fragment::Whole {
+        packet.fragment_id = chain.fragment_id;
+        packet.fragment_protocol = chain.fragment_protocol;
+    }
+    Ok(packet)
+}
+
+/// An IPv6 extension header chain after its walk.
+struct Chain {
+    /// Upper-layer protocol; for a later fragment, the next header of the fragment header.
+    next_header: u8,
+    /// Offset of the upper-layer header, or of the fragment data of a later fragment.
+    offset: usize,
+    fragment: Fragment,
+    fragment_id: u32,
+    fragment_protocol: u8,
+}
+
+/// Walks at most `IPV6_EXT_MAX_DEPTH` extension headers from `offset`, which must end by
+/// `end`: hop-by-hop first only, one fragment header, and no chain longer than the bound. A
+/// later fragment ends the walk at its fragment header.
+fn extensions(
+    frame: &[u8],
+    mut next_header: u8,
+    mut offset: usize,
+    end: usize,
+) -> Result<Chain, Malformed> {
+    let mut chain = Chain {
+        next_header,
+        offset,
+        fragment: Fragment::Whole,
+        fragment_id: 0,
+        fragment_protocol: next_header,
+    };
     let mut fragment_seen = false;
-    let mut packet = new_packet(ip_end, offset, next_header);
     for index in 0..IPV6_EXT_MAX_DEPTH {
         if !ip_protocol::is_ipv6_extension(next_header) {
             break;
@@ -366,7 +400,7 @@ fn ipv6(frame: &[u8], l3: usize) -> Result<Packet, Malformed> {
             return Err(Malformed);
         }
         if next_header == ip_protocol::FRAGMENT {
-            if fragment_seen || offset + 8 > ip_end {
+            if fragment_seen || offset + 8 > end {
                 return Err(Malformed);
             }
             fragment_seen = true;
@@ -374,22 +408,19 @@ fn ipv6(frame: &[u8], l3: usize) -> Result<Packet, Malformed> {
             let field = be16(&fragment, 2);
             next_header = fragment[0];
             offset += 8;
+            chain.fragment_protocol = next_header;
+            chain.fragment_id =
+                u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
             if field & 0xfff8 != 0 {
-                packet.fragment = Fragment::Later;
-            } else if field & 1 != 0 {
-                packet.fragment = Fragment::First;
-            }
-            if packet.fragment != Fragment::Whole {
-                packet.fragment_protocol = next_header;
-                packet.fragment_id =
-                    u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
-            }
-            if packet.fragment == Fragment::Later {
+                chain.fragment = Fragment::Later;
                 break;
+            }
+            if field & 1 != 0 {
+                chain.fragment = Fragment::First;
             }
             continue;
         }
-        if offset + 2 > ip_end {
+        if offset + 2 > end {
             return Err(Malformed);
         }
         let extension: [u8; 2] = bytes(frame, offset)?;
@@ -400,21 +431,16 @@ fn ipv6(frame: &[u8], l3: usize) -> Result<Packet, Malformed> {
         };
         next_header = extension[0];
         offset += length;
-        if offset > ip_end {
+        if offset > end {
             return Err(Malformed);
         }
     }
-    if packet.fragment != Fragment::Later && ip_protocol::is_ipv6_extension(next_header) {
+    if chain.fragment != Fragment::Later && ip_protocol::is_ipv6_extension(next_header) {
         return Err(Malformed);
     }
-
-    packet.l4 = offset;
-    packet.protocol = next_header;
-    packet.flow.protocol = next_header;
-    if packet.fragment == Fragment::Whole {
-        packet.fragment_protocol = next_header;
-    }
-    Ok(packet)
+    chain.next_header = next_header;
+    chain.offset = offset;
+    Ok(chain)
 }
 
 fn is_icmp_error(version: u8, protocol: u8, icmp_type: u8) -> bool {
@@ -454,8 +480,9 @@ fn upper_layer(frame: &[u8], packet: &mut Packet, network: &Network) -> Result<(
     Ok(())
 }
 
-/// Reads the reversed flow of the packet an ICMP error quotes. A quote whose addresses are not
-/// the outer ones swapped is malformed.
+/// Reads the reversed flow of the packet an ICMP error quotes, after the quoted IPv6 extension
+/// headers. A quote whose addresses are not the outer ones swapped is malformed, and so is a
+/// quoted later fragment.
 fn quoted_flow(frame: &[u8], packet: &Packet, network: &Network) -> Result<Flow, Malformed> {
     let inner = packet.l4 + 8;
     let mut quoted_src = [0u8; 16];
@@ -478,12 +505,18 @@ fn quoted_flow(frame: &[u8], packet: &Packet, network: &Network) -> Result<Flow,
             return Err(Malformed);
         }
         let header: [u8; 8] = bytes(frame, inner)?;
-        if header[0] >> 4 != 6 || ip_protocol::is_ipv6_extension(header[6]) {
+        if header[0] >> 4 != 6 {
             return Err(Malformed);
         }
         quoted_src = bytes(frame, inner + 8)?;
         quoted_dst = bytes(frame, inner + 24)?;
-        (header[6], inner + 40)
+        // The quote is cut short, so its payload length is not checked: the chain and the
+        // ports must fit in the outer datagram.
+        let chain = extensions(frame, header[6], inner + 40, packet.ip_end)?;
+        if chain.fragment == Fragment::Later {
+            return Err(Malformed);
+        }
+        (chain.next_header, chain.offset)
     };
     if quoted_src != network.dst || quoted_dst != network.src {
         return Err(Malformed);
@@ -506,6 +539,13 @@ fn quoted_flow(frame: &[u8], packet: &Packet, network: &Network) -> Result<Flow,
     Ok(flow)
 }
 
+/// Returns whether the frame comes from the device's bound MAC address, when it has one. Raw-IP
+/// links carry no MAC address, so no binding applies there.
+fn mac_matches(link: LinkKind, device: &DeviceEntry, network: &Network) -> bool {
+    let mac_bound = device.flags & DEVICE_FLAG_MAC_BOUND != 0;
+    link != LinkKind::Ethernet || !mac_bound || device.mac == network.src_mac
+}
+
 /// Returns whether `rule` matches `flow`: same protocol (or `PROTOCOL_ANY`), and either
 /// `RULE_FLAG_ANY_PORT` or a destination port inside the rule's inclusive range.
 fn rule_matches(rule: &ResourceRule, flow: &Flow) -> bool {
@@ -521,6 +561,9 @@ fn rule_matches(rule: &ResourceRule, flow: &Flow) -> bool {
 struct Decision {
     device_id: u32,
     resource_id: u32,
+    /// The flow the rule matched, which the punt reports: for an ICMP error, the quoted flow
+    /// or, when it matched as a plain ICMP packet, its protocol without ports.
+    flow: Flow,
     reason: Option<Reason>,
     pass_counter: u32,
     action: Action,
@@ -532,6 +575,7 @@ impl Decision {
         Self {
             device_id,
             resource_id,
+            flow: Flow::default(),
             reason: None,
             pass_counter: counter,
             action: Action::Drop,
@@ -539,10 +583,17 @@ impl Decision {
         }
     }
 
-    fn deny(reason: Reason, device_id: u32, rule: &ResourceRule, monitor: bool) -> Self {
+    fn deny(
+        reason: Reason,
+        device_id: u32,
+        rule: &ResourceRule,
+        flow: Flow,
+        monitor: bool,
+    ) -> Self {
         Self {
             device_id,
             resource_id: rule.resource_id,
+            flow,
             reason: Some(reason),
             pass_counter: counters::PASS_MONITOR,
             action: if rule.action == Action::Reject as u8 {
@@ -593,7 +644,7 @@ impl Run<'_> {
             Err(Malformed) => return self.deny_malformed(Some(&network)),
         };
         if packet.fragment == Fragment::Later {
-            return self.later_fragment(&network, &packet);
+            return self.later_fragment(link, &network, &packet);
         }
 
         let decision = self.decide(link, &network, &packet, rules);
@@ -606,7 +657,7 @@ impl Run<'_> {
 
         self.send_punt(
             &network,
-            &packet.flow,
+            &decision.flow,
             (decision.device_id, decision.resource_id),
             reason,
             decision.monitor,
@@ -645,16 +696,18 @@ impl Run<'_> {
             protocol: packet.protocol,
             ..Flow::default()
         };
-        let matched = rules
+        let quoted_match = rules
             .iter()
             .find(|rule| rule_matches(rule, &packet.flow))
-            .or_else(|| {
-                packet
-                    .icmp_error
-                    .then(|| rules.iter().find(|rule| rule_matches(rule, &plain_icmp)))
-                    .flatten()
-            });
-        let Some(rule) = matched else {
+            .map(|rule| (rule, packet.flow));
+        let matched = quoted_match.or_else(|| {
+            packet
+                .icmp_error
+                .then(|| rules.iter().find(|rule| rule_matches(rule, &plain_icmp)))
+                .flatten()
+                .map(|rule| (rule, plain_icmp))
+        });
+        let Some((rule, flow)) = matched else {
             return Decision::pass(
                 counters::PASS_UNPROTECTED,
                 UNKNOWN_DEVICE_ID,
@@ -665,12 +718,12 @@ impl Run<'_> {
         let monitor = rule.flags & RULE_FLAG_MONITOR != 0
             || self.tables.config.flags & CONFIG_FLAG_MONITOR_ALL != 0;
         let source = Network::address(&network.src, network.version);
+        let deny = |reason, device_id| Decision::deny(reason, device_id, rule, flow, monitor);
         let Some(device) = self.tables.devices.get(&source) else {
-            return Decision::deny(Reason::UnknownDevice, UNKNOWN_DEVICE_ID, rule, monitor);
+            return deny(Reason::UnknownDevice, UNKNOWN_DEVICE_ID);
         };
-        let mac_bound = device.flags & DEVICE_FLAG_MAC_BOUND != 0;
-        if link == LinkKind::Ethernet && mac_bound && device.mac != network.src_mac {
-            return Decision::deny(Reason::WrongMac, device.device_id, rule, monitor);
+        if !mac_matches(link, device, network) {
+            return deny(Reason::WrongMac, device.device_id);
         }
 
         let key = SessionKey {
@@ -678,10 +731,10 @@ impl Run<'_> {
             resource_id: rule.resource_id,
         };
         let Some(session) = self.tables.sessions.get(&key) else {
-            return Decision::deny(Reason::NoSession, device.device_id, rule, monitor);
+            return deny(Reason::NoSession, device.device_id);
         };
         if self.now_boot_ns >= session.expires_at_boot_ns {
-            return Decision::deny(Reason::Expired, device.device_id, rule, monitor);
+            return deny(Reason::Expired, device.device_id);
         }
         Decision::pass(counters::PASS_SESSION, device.device_id, rule.resource_id)
     }
@@ -704,14 +757,18 @@ impl Run<'_> {
             .insert(fragment_key(network, packet), value);
     }
 
-    fn later_fragment(&mut self, network: &Network, packet: &Packet) -> Verdict {
+    /// Passes a later fragment only when its datagram's first fragment passed and that pass
+    /// is still valid; drops it as `deny_fragment` otherwise, in monitor mode too.
+    fn later_fragment(&mut self, link: LinkKind, network: &Network, packet: &Packet) -> Verdict {
         let recorded = self
             .state
             .fragments
             .get(&fragment_key(network, packet))
             .copied();
         let ids = match recorded {
-            Some(value) if value.allowed != 0 => {
+            Some(value)
+                if value.allowed != 0 && self.first_fragment_holds(link, network, &value) =>
+            {
                 return (XdpAction::Pass, value.counter as u32, None, None);
             }
             Some(value) => (value.device_id, value.resource_id),
@@ -724,6 +781,35 @@ impl Run<'_> {
             Some(Reason::Fragment),
             None,
         )
+    }
+
+    /// Returns whether a first fragment's pass applies to a later fragment now. A pass on a
+    /// session needs the same device at the source address, its MAC binding and a live
+    /// session. Unprotected and monitor-mode passes needed no session and still apply.
+    fn first_fragment_holds(
+        &self,
+        link: LinkKind,
+        network: &Network,
+        recorded: &FragmentValue,
+    ) -> bool {
+        if recorded.counter as u32 != counters::PASS_SESSION {
+            return true;
+        }
+        let source = Network::address(&network.src, network.version);
+        let Some(device) = self.tables.devices.get(&source) else {
+            return false;
+        };
+        if device.device_id != recorded.device_id || !mac_matches(link, device, network) {
+            return false;
+        }
+        let key = SessionKey {
+            device_id: recorded.device_id,
+            resource_id: recorded.resource_id,
+        };
+        self.tables
+            .sessions
+            .get(&key)
+            .is_some_and(|session| self.now_boot_ns < session.expires_at_boot_ns)
     }
 
     fn deny_malformed(&mut self, network: Option<&Network>) -> Verdict {
@@ -944,6 +1030,118 @@ mod tests {
         assert_eq!(mask([203, 0, 113, 255], 25), [203, 0, 113, 128]);
         assert_eq!(mask([203, 0, 113, 255], 0), [0, 0, 0, 0]);
         assert_eq!(mask([203, 0, 113, 255], 32), [203, 0, 113, 255]);
+    }
+
+    const CLIENT: [u8; 4] = [192, 0, 2, 10];
+    const SERVER: [u8; 4] = [198, 51, 100, 1];
+    const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const SSH: u32 = 10;
+
+    /// Tables with one TCP 22 rule on 198.51.100.0/24 and device 1 at 192.0.2.10, bound to
+    /// `CLIENT_MAC`, with a session for it that expires at boot time `expires_at_boot_ns`.
+    fn fragment_tables(expires_at_boot_ns: u64) -> Tables {
+        let mut tables = Tables::default();
+        let mut rules = PrefixRules {
+            count: 1,
+            ..Default::default()
+        };
+        rules.rules[0] = ResourceRule {
+            resource_id: SSH,
+            port_lo: 22,
+            port_hi: 22,
+            protocol: ip_protocol::TCP,
+            ..Default::default()
+        };
+        tables
+            .prefixes
+            .insert(IpAddr::from([198, 51, 100, 0]), 24, rules);
+        let device = DeviceEntry {
+            device_id: 1,
+            flags: DEVICE_FLAG_MAC_BOUND,
+            mac: CLIENT_MAC,
+            _pad: [0; 2],
+        };
+        tables.devices.insert(IpAddr::from(CLIENT), device);
+        let key = SessionKey {
+            device_id: 1,
+            resource_id: SSH,
+        };
+        tables
+            .sessions
+            .insert(key, SessionValue { expires_at_boot_ns });
+        tables
+    }
+
+    /// Returns an Ethernet frame with an IPv4 fragment from `CLIENT` to `SERVER`; offset 0
+    /// carries a TCP header to port 22.
+    fn fragment_frame(src_mac: [u8; 6], offset_units: u16, more: bool) -> Vec<u8> {
+        let mut payload = vec![0u8; 24];
+        if offset_units == 0 {
+            payload[2..4].copy_from_slice(&22u16.to_be_bytes());
+            payload[12] = 5 << 4;
+        }
+        let mut frame = vec![0u8; ETH_HLEN];
+        frame[6..12].copy_from_slice(&src_mac);
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        let mut header = [0u8; 20];
+        header[0] = 0x45;
+        header[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        header[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+        let field = offset_units | if more { 0x2000 } else { 0 };
+        header[6..8].copy_from_slice(&field.to_be_bytes());
+        header[8] = 64;
+        header[9] = ip_protocol::TCP;
+        header[12..16].copy_from_slice(&CLIENT);
+        header[16..20].copy_from_slice(&SERVER);
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(&payload);
+        frame
+    }
+
+    /// Passes the first fragment at boot time 10 and returns the outcome of the later one,
+    /// sent from `src_mac` at `now_boot_ns` with `tables`.
+    fn later_fragment_outcome(tables: &Tables, src_mac: [u8; 6], now_boot_ns: u64) -> Outcome {
+        let mut state = State::default();
+        let first = fragment_frame(CLIENT_MAC, 0, true);
+        let outcome = classify(&first, LinkKind::Ethernet, tables, &mut state, 10);
+        assert_eq!(outcome.action, XdpAction::Pass, "first fragment");
+        let later = fragment_frame(src_mac, 3, false);
+        classify(&later, LinkKind::Ethernet, tables, &mut state, now_boot_ns)
+    }
+
+    #[test]
+    fn later_fragment_passes_on_live_session() {
+        let outcome = later_fragment_outcome(&fragment_tables(100), CLIENT_MAC, 50);
+        assert_eq!(outcome.action, XdpAction::Pass);
+        assert_eq!(outcome.verdict_counter, counters::PASS_SESSION);
+    }
+
+    #[test]
+    fn later_fragment_denied_after_expiry() {
+        let outcome = later_fragment_outcome(&fragment_tables(100), CLIENT_MAC, 100);
+        assert_eq!(outcome.action, XdpAction::Drop);
+        assert_eq!(outcome.verdict_counter, counters::DENY_FRAGMENT);
+    }
+
+    #[test]
+    fn later_fragment_denied_after_revocation() {
+        let live = fragment_tables(100);
+        let mut state = State::default();
+        let first = fragment_frame(CLIENT_MAC, 0, true);
+        classify(&first, LinkKind::Ethernet, &live, &mut state, 10);
+        let mut revoked = live.clone();
+        revoked.sessions.clear();
+        let later = fragment_frame(CLIENT_MAC, 3, false);
+        let outcome = classify(&later, LinkKind::Ethernet, &revoked, &mut state, 20);
+        assert_eq!(outcome.action, XdpAction::Drop);
+        assert_eq!(outcome.verdict_counter, counters::DENY_FRAGMENT);
+    }
+
+    #[test]
+    fn later_fragment_denied_from_wrong_mac() {
+        let outcome = later_fragment_outcome(&fragment_tables(100), [2, 0, 0, 0, 0, 0xee], 50);
+        assert_eq!(outcome.action, XdpAction::Drop);
+        assert_eq!(outcome.verdict_counter, counters::DENY_FRAGMENT);
     }
 
     #[test]
