@@ -99,7 +99,24 @@ fn bench_quick_writes_tables() {
         );
     }
 
+    let sign_ins = table_rows(&stdout, "| sign-ins | median | min | max |");
+    assert_eq!(sign_ins.len(), 1, "sign-in rows:\n{stdout}");
+    assert_eq!(
+        sign_ins[0][0], "1",
+        "one sign-in in a quick run: {:?}",
+        sign_ins[0]
+    );
+    assert!(
+        sign_ins[0][1].ends_with(" ms"),
+        "median of {:?}",
+        sign_ins[0]
+    );
+
     let text = fs::read_to_string(&page).expect("page was written");
+    assert!(
+        text.contains("## Sign-in to first passing packet"),
+        "{text}"
+    );
     assert!(text.contains("| command | `bench quick test` |"), "{text}");
     assert!(text.contains("| kernel (`uname -r`) |"), "{text}");
     for plot in ["cases.svg", "scale.svg", "nftables.svg"] {

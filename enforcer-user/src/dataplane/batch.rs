@@ -69,3 +69,63 @@ pub fn update_sessions(
     }
     Ok(())
 }
+
+/// `BPF_MAP_LOOKUP_BATCH` from `enum bpf_cmd` in the kernel's `uapi/linux/bpf.h` (Linux 5.6).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Reads every entry of the hash map `fd` with batched lookups, 65536 entries per call. On
+/// failure returns the error; EINVAL means the kernel has no batch operations for this map,
+/// so the caller reads the entries one by one.
+pub fn lookup_sessions(fd: BorrowedFd<'_>) -> std::io::Result<Vec<(SessionKey, SessionValue)>> {
+    let mut entries = Vec::new();
+    let mut keys = vec![SessionKey::default(); CHUNK];
+    let mut values = vec![SessionValue::default(); CHUNK];
+    // The kernel's hash map batch cursor is a u32 bucket index; a u64 leaves room for it.
+    let mut cursor: u64 = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &cursor as *const u64 as u64
+            },
+            out_batch: &mut cursor as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is a valid `batch` attribute. Its key and value buffers have room for
+        // `count` elements of `SessionKey` and `SessionValue`, the `repr(C)` key and value
+        // types of the session map, and the cursor and both buffers outlive the call.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        // ENOENT marks the end of the map; the entries of this last call are still copied.
+        let end = result < 0;
+        if end {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENOENT) {
+                return Err(err);
+            }
+        }
+        let copied = (attr.count as usize).min(CHUNK);
+        entries.extend(
+            keys[..copied]
+                .iter()
+                .copied()
+                .zip(values[..copied].iter().copied()),
+        );
+        if end {
+            return Ok(entries);
+        }
+        first = false;
+    }
+}

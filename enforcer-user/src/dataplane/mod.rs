@@ -443,6 +443,22 @@ impl maps::KernelMaps for Dataplane {
     }
 
     fn sessions(&self) -> Result<Vec<(SessionKey, SessionValue)>, DataplaneError> {
+        if let Some(Map::HashMap(data)) = self.maps.get(map_names::SESSIONS) {
+            match batch::lookup_sessions(data.fd().as_fd()) {
+                Ok(sessions) => return Ok(sessions),
+                // Without batch operations, the entries are read one by one below.
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(err) => {
+                    return Err(map_error(
+                        map_names::SESSIONS,
+                        aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                            call: "bpf_map_lookup_batch",
+                            io_error: err,
+                        }),
+                    ));
+                }
+            }
+        }
         let map: HashMap<&MapData, SessionKey, SessionValue> = self.map_ref(map_names::SESSIONS)?;
         let mut sessions = Vec::new();
         for entry in map.iter() {

@@ -64,9 +64,6 @@ impl<M: KernelMaps> Engine<M> {
         })?;
         let current_devices: HashMap<IpAddr, DeviceEntry> =
             self.maps.devices()?.into_iter().collect();
-        // NOTE: reading a full session map back costs two syscalls per entry, because aya 0.14
-        // has no batched lookup. A restart that adopts pinned maps of a million sessions pays
-        // that (not measured here); a start with empty maps reads nothing.
         let current_sessions: HashMap<SessionKey, SessionValue> =
             self.maps.sessions()?.into_iter().collect();
         let current_prefixes: HashMap<IpNet, common::PrefixRules> =
@@ -79,11 +76,18 @@ impl<M: KernelMaps> Engine<M> {
                 report.devices_written += 1;
             }
         }
-        let changed_sessions: Vec<(SessionKey, SessionValue)> = desired_sessions
-            .iter()
-            .filter(|(key, value)| current_sessions.get(key) != Some(value))
-            .copied()
-            .collect();
+        let mut current_desired = 0;
+        let mut changed_sessions = Vec::new();
+        for (key, value) in &desired_sessions {
+            match current_sessions.get(key) {
+                Some(current) if current == value => current_desired += 1,
+                Some(_) => {
+                    current_desired += 1;
+                    changed_sessions.push((*key, *value));
+                }
+                None => changed_sessions.push((*key, *value)),
+            }
+        }
         self.maps.set_sessions(&changed_sessions)?;
         report.sessions_written = changed_sessions.len();
         for (prefix, rules) in &desired_prefixes {
@@ -100,13 +104,17 @@ impl<M: KernelMaps> Engine<M> {
                 report.prefixes_removed += 1;
             }
         }
-        for key in current_sessions.keys() {
-            let desired = desired_sessions
-                .binary_search_by_key(key, |(desired, _)| *desired)
-                .is_ok();
-            if !desired {
-                self.maps.remove_session(*key)?;
-                report.sessions_removed += 1;
+        // When every kernel entry is also desired, which is the usual restart, nothing is
+        // stale and the search is skipped.
+        if current_desired < current_sessions.len() {
+            for key in current_sessions.keys() {
+                let desired = desired_sessions
+                    .binary_search_by_key(key, |(desired, _)| *desired)
+                    .is_ok();
+                if !desired {
+                    self.maps.remove_session(*key)?;
+                    report.sessions_removed += 1;
+                }
             }
         }
         for address in current_devices.keys() {

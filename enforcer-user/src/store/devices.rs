@@ -214,7 +214,7 @@ impl StoreWrite {
         }
         drop(addresses);
         self.txn.open_table(AUTHENTICATIONS)?.remove(id)?;
-        let sessions = self.remove_sessions(|session| session.device_id == id)?;
+        let sessions = self.remove_device_sessions(id)?;
         Ok((record, sessions))
     }
 

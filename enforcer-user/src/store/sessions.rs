@@ -35,6 +35,22 @@ impl Store {
         Ok(sessions)
     }
 
+    /// Returns the committed sessions for which `select` returns true, in key order. Rows
+    /// are judged on their encoded form, so only the selected ones are copied.
+    pub fn sessions_where(
+        &self,
+        select: impl Fn(&SessionView<'_>) -> bool,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut sessions = Vec::new();
+        self.for_each_session(|session| {
+            if select(&session) {
+                sessions.push(session.to_record());
+            }
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(sessions)
+    }
+
     pub fn session(
         &self,
         device_id: u32,
@@ -66,20 +82,17 @@ impl StoreWrite {
         Ok(())
     }
 
-    /// Removes every session for which `select` returns true and returns them.
-    pub fn remove_sessions(
+    /// Removes every session of device `device_id` and returns them.
+    pub fn remove_device_sessions(
         &mut self,
-        select: impl Fn(&SessionRecord) -> bool,
+        device_id: u32,
     ) -> Result<Vec<SessionRecord>, StoreError> {
         let mut table = self.txn.open_table(SESSIONS)?;
         let mut removed = Vec::new();
-        for entry in table.iter()? {
+        for entry in table.range((device_id, 0)..=(device_id, u32::MAX))? {
             let (key, value) = entry?;
             let (device_id, resource_id) = key.value();
-            let session = SessionView::decode(device_id, resource_id, value.value())?.to_record();
-            if select(&session) {
-                removed.push(session);
-            }
+            removed.push(SessionView::decode(device_id, resource_id, value.value())?.to_record());
         }
         for session in &removed {
             table.remove((session.device_id, session.resource_id))?;

@@ -75,10 +75,17 @@ pub struct ControlFigures {
     pub batch: usize,
     /// The batch grant request's time, or the error the daemon returned.
     pub batched: Result<Duration, String>,
+    /// The `SessionRevoke` request, from sending it to its response.
+    pub revoke_call: Duration,
     /// From `SessionRevoke` returning to the first denied packet.
     pub revoke_to_deny: Duration,
     /// Packets that passed after `SessionRevoke` returned.
     pub passed_after_revoke: usize,
+    /// The daemon's debug line with the time of each reconcile phase, as `name=ms` pairs.
+    pub reconcile_phases: Option<String>,
+    /// Reconcile after a restart that adopts the pinned program and its full maps.
+    pub restart_reconcile: Option<Duration>,
+    pub restart_phases: Option<String>,
 }
 
 /// Runs the control-plane measurements with the daemon binary `enforcer`.
@@ -108,6 +115,7 @@ pub fn measure(enforcer: &Path, plan: ControlPlan) -> anyhow::Result<ControlFigu
     let mut daemon = Daemon::spawn(enforcer, &lab)?;
     let start_to_ready = daemon.wait_ready(&lab)?;
     let reconcile = reconcile_time(&lab.log());
+    let start_phases = reconcile_phases(&lab.log());
     eprintln!(
         "enforcer-bench: daemon ready after {:.2} s",
         start_to_ready.as_secs_f64()
@@ -119,8 +127,17 @@ pub fn measure(enforcer: &Path, plan: ControlPlan) -> anyhow::Result<ControlFigu
         .map_err(|err| format!("{err:#}"));
     let batched =
         grant_batch(&socket, plan.batch, BATCH_RESOURCE).map_err(|err| format!("{err:#}"));
-    let (revoke_to_deny, passed_after_revoke) = revoke_and_probe(&lab, probe_device)?;
+    let (revoke_call, revoke_to_deny, passed_after_revoke) = revoke_and_probe(&lab, probe_device)?;
+    daemon.stop()?;
 
+    // SIGTERM leaves the program and its maps pinned, so the second start adopts them and
+    // reconciles against a full session map.
+    let first_log = lab.log().len();
+    let mut daemon = Daemon::spawn(enforcer, &lab)?;
+    daemon.wait_ready(&lab)?;
+    let restart_log = lab.log().get(first_log..).unwrap_or_default().to_owned();
+    let restart_reconcile = reconcile_time(&restart_log);
+    let restart_phases = reconcile_phases(&restart_log);
     daemon.stop()?;
     Ok(ControlFigures {
         sessions: plan.devices * plan.resources,
@@ -132,8 +149,12 @@ pub fn measure(enforcer: &Path, plan: ControlPlan) -> anyhow::Result<ControlFigu
         concurrent,
         batch: plan.batch,
         batched,
+        revoke_call,
         revoke_to_deny,
         passed_after_revoke,
+        reconcile_phases: start_phases,
+        restart_reconcile,
+        restart_phases,
     })
 }
 
@@ -291,9 +312,10 @@ fn grant_batch(socket: &Path, count: usize, resource: &str) -> anyhow::Result<Du
 }
 
 /// Checks that the probe frame passes, revokes its session, and runs the frame through the
-/// daemon's pinned program until it is denied. Returns the time from the revocation
-/// returning to the first denied packet and the packets that passed in between.
-fn revoke_and_probe(lab: &Lab, probe_device: u32) -> anyhow::Result<(Duration, usize)> {
+/// daemon's pinned program until it is denied. Returns the time of the revocation request,
+/// the time from its return to the first denied packet and the packets that passed in
+/// between.
+fn revoke_and_probe(lab: &Lab, probe_device: u32) -> anyhow::Result<(Duration, Duration, usize)> {
     let program_path = lab.pin_root.join(INTERFACE).join("program");
     let program = Xdp::from_pin(&program_path, XdpAttachType::Interface).with_context(|| {
         format!(
@@ -318,6 +340,7 @@ fn revoke_and_probe(lab: &Lab, probe_device: u32) -> anyhow::Result<(Duration, u
         );
     }
 
+    let sent = Instant::now();
     call(
         &lab.socket_path(),
         &Request::SessionRevoke {
@@ -328,9 +351,10 @@ fn revoke_and_probe(lab: &Lab, probe_device: u32) -> anyhow::Result<(Duration, u
         },
     )?;
     let returned = Instant::now();
+    let revoke_call = returned - sent;
     for passed in 0..MAX_PACKETS_AFTER_REVOKE {
         if verdict(&program)? == XDP_DROP {
-            return Ok((returned.elapsed(), passed));
+            return Ok((revoke_call, returned.elapsed(), passed));
         }
     }
     bail!("{MAX_PACKETS_AFTER_REVOKE} packets still passed after the revocation returned")
@@ -348,6 +372,23 @@ fn reconcile_time(log: &str) -> Option<Duration> {
         .find(|line| line.contains("reconciled kernel maps"))?;
     let elapsed = log_seconds(reconciled)? - log_seconds(attached)?;
     (elapsed >= 0.0).then(|| Duration::from_secs_f64(elapsed))
+}
+
+/// Returns the phase times of the daemon's "reconcile phases" debug line, such as
+/// "read_store_ms=612 read_kernel_ms=0 write_kernel_ms=180 remove_and_purge_ms=3".
+fn reconcile_phases(log: &str) -> Option<String> {
+    let phases = strip_ansi(log.lines().find(|line| line.contains("reconcile phases"))?);
+    let report = strip_ansi(
+        log.lines()
+            .find(|line| line.contains("reconciled kernel maps"))
+            .unwrap_or_default(),
+    );
+    let fields: Vec<&str> = phases
+        .split_whitespace()
+        .chain(report.split_whitespace())
+        .filter(|field| field.contains("_ms=") || field.starts_with("sessions_"))
+        .collect();
+    (!fields.is_empty()).then(|| fields.join(" "))
 }
 
 /// Returns the Unix time in seconds of a tracing-subscriber log line, which starts with an
@@ -472,8 +513,13 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `enforcer run`, appending its output to the lab's log.
     fn spawn(enforcer: &Path, lab: &Lab) -> anyhow::Result<Self> {
-        let log = fs::File::create(lab.log_path()).context("failed to create the daemon log")?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(lab.log_path())
+            .context("failed to open the daemon log")?;
         let started = Instant::now();
         // nsenter switches only the network namespace; `ip netns exec` would also remount
         // /sys, which hides the bpffs mount at /sys/fs/bpf.
@@ -482,7 +528,7 @@ impl Daemon {
             .arg(enforcer)
             .args(["run", "--config"])
             .arg(lab.config_path())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,enforcer::engine::reconcile=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("failed to share the daemon log")?)

@@ -140,7 +140,7 @@ impl Options {
             control: (!self.no_control).then(|| control::ControlPlan {
                 devices: self.cp_devices.unwrap_or(pick(1000, 20)),
                 resources: self.cp_resources.unwrap_or(pick(1000, 20)),
-                grants: self.cp_grants.unwrap_or(20),
+                grants: self.cp_grants.unwrap_or(pick(200, 20)),
                 batch: self.cp_batch.unwrap_or(pick(1000, 20)),
             }),
             sign_ins: self.sign_ins.unwrap_or(pick(5, 1)),

@@ -298,11 +298,16 @@ fn control_figures(results: &Results) -> Vec<Figure> {
 
 fn control_table(control: &ControlFigures) -> String {
     let rate = |elapsed: std::time::Duration| control.grants as f64 / elapsed.as_secs_f64();
-    let reconcile = control
-        .reconcile
-        .map_or("no log lines".to_owned(), |elapsed| {
-            format!("{:.3} s", elapsed.as_secs_f64())
-        });
+    let with_phases = |elapsed: Option<std::time::Duration>, phases: &Option<String>| {
+        let Some(elapsed) = elapsed else {
+            return "no log lines".to_owned();
+        };
+        match phases {
+            Some(phases) => format!("{:.3} s (phases: {phases})", elapsed.as_secs_f64()),
+            None => format!("{:.3} s", elapsed.as_secs_f64()),
+        }
+    };
+    let reconcile = with_phases(control.reconcile, &control.reconcile_phases);
     let rows = vec![
         vec![
             format!(
@@ -354,6 +359,14 @@ fn control_table(control: &ControlFigures) -> String {
                 ),
                 Err(err) => format!("failed: {}", err.replace('|', "/").replace('\n', " ")),
             },
+        ],
+        vec![
+            "reconcile at a restart that adopts the pinned program and its full maps".to_owned(),
+            with_phases(control.restart_reconcile, &control.restart_phases),
+        ],
+        vec![
+            "`session revoke` of one session, request to response".to_owned(),
+            format!("{:.1} ms", control.revoke_call.as_secs_f64() * 1e3),
         ],
         vec![
             "`session revoke` returning to the first denied packet".to_owned(),
@@ -775,6 +788,18 @@ fn storm_section(bench: &Bench, calm: usize, storm: usize, rate: &PuntRate) -> S
         .chain(calm.saturating_sub(1)..=storm)
         .collect();
     text.push_str(&variant_table(bench, &indices));
+    if let (Some(reference), Some(calm_cost)) = (cost(bench, calm - 1), cost(bench, calm)) {
+        let _ = writeln!(
+            text,
+            "\nWith the same program and no punts, the hit after another hit costs {} ns and \
+             the hit after a rate-limited expired frame {} ns over the floor. The second frame \
+             changes the timed hit by {} ns without any punt, so comparing the storm with the \
+             hit-after-hit row measures the second frame's path rather than the punts.",
+            format_ns(reference),
+            format_ns(calm_cost),
+            format_ns(calm_cost - reference)
+        );
+    }
     let _ = writeln!(
         text,
         "\nThen one test run repeats the expired-session frame; the reader's count over the wall \
