@@ -708,7 +708,12 @@ pub fn write_page(results: &Results, page: &Path) -> anyhow::Result<()> {
              at once (the daemon applies their requests one after another), then one \
              `session_grant_batch` request. After the revocation returns, \
              the probe frame runs through the daemon's pinned program with \
-             `BPF_PROG_TEST_RUN` until it is denied.\n",
+             `BPF_PROG_TEST_RUN` until it is denied. Then the daemon stops with SIGTERM, which \
+             leaves its program and maps pinned, and starts again on the same store, so the \
+             second reconcile reads back a full session map. The reconcile phases come from \
+             the daemon's debug log line: reading the store and judging each session against \
+             the policy, reading the kernel maps back, writing the kernel maps, and removing \
+             stale entries with the store purge.\n",
             si(control.sessions)
         );
         text.push_str(&control_table(control));
@@ -886,7 +891,7 @@ fn unmet_figures(results: &Results, figures: &[Figure]) -> String {
         let limit = if figure.name.starts_with("live session hit")
             && figure.name.contains("one flow")
         {
-            "the hit path makes three map lookups and one clock read per packet; the breakdown under the verdict cases shows the share of each.".to_owned()
+            "the hit path makes three map lookups (prefix, device, session) and one clock read per packet; the breakdown under the verdict cases splits the cost into the parse with the prefix lookup and the rest.".to_owned()
         } else if figure.name.starts_with("live session hit") {
             format!(
                 "every cold packet follows a test-run syscall, and its device, prefix and session lookups are dependent cache misses; the session table alone is about {} at this size (an estimate: 64 bytes per element plus 16 per bucket), against {cache}.",
@@ -902,6 +907,10 @@ fn unmet_figures(results: &Results, figures: &[Figure]) -> String {
             )
         } else if figure.name.starts_with("enforcer over floor") {
             "the enforcer's own lookups, above, against one interval-set and one hash-set lookup of nftables.".to_owned()
+        } else if figure.name.starts_with("allowed-traffic cost change") {
+            "the two variants differ only in whether the second frame's punt is written to the ring buffer and drained by the reader thread, so the change is what that costs the allowed frame on this 2-CPU machine; the punt storm section has the rows.".to_owned()
+        } else if figure.name.starts_with("daemon reconciles") {
+            "the reconcile phases in the control-plane table show where the time goes.".to_owned()
         } else {
             "see the tables below.".to_owned()
         };
