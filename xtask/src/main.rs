@@ -4,6 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
 };
@@ -60,7 +61,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Lab { args } => {
             setup(&root)?;
-            step(&root, "bash", &["scripts/lab.sh"], &args)
+            // The lab runs in place of this process, so that Ctrl-C reaches only the lab, which
+            // removes what it created before the shell gets its prompt back.
+            let error = Command::new("bash")
+                .arg("scripts/lab.sh")
+                .args(&args)
+                .current_dir(&root)
+                .exec();
+            Err(error).context("failed to start bash scripts/lab.sh")
         }
         Task::Bench { args } => {
             setup(&root)?;

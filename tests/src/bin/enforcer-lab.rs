@@ -3,6 +3,7 @@
 //! everything on Ctrl-C. It also serves the lab's TCP and UDP echo ports.
 
 use std::{
+    io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -113,27 +114,36 @@ async fn up(policy: PathBuf) -> anyhow::Result<()> {
     print_guide(&lab);
 
     let mut terminate = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
+    // A closed terminal stops the lab like Ctrl-C does, instead of leaving it behind.
+    let mut hangup = signal(SignalKind::hangup()).context("failed to watch SIGHUP")?;
     let mut lab = lab;
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+            _ = hangup.recv() => break,
             _ = ticker.tick() => {
                 if let Some(status) = lab.daemon_exited() {
-                    println!(
+                    say(&format!(
                         "\nenforcer run exited with {status}; the pinned program keeps enforcing. Its log ends with:\n{}\nPress Ctrl-C to remove the lab.",
                         lab.daemon_log_tail()
-                    );
+                    ));
                 }
             }
         }
     }
-    println!("\nstopping the lab and removing its namespaces, pins and files");
+    say("\nstopping the lab and removing its namespaces, pins and files");
     tokio::task::spawn_blocking(move || drop(lab))
         .await
         .context("the lab stop task failed")?;
     Ok(())
+}
+
+/// Prints a line, ignoring a closed output (a terminal that went away, or `tee` stopped by
+/// the same Ctrl-C), so that the lab still removes what it created.
+fn say(text: &str) {
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 fn print_guide(lab: &Lab) {
