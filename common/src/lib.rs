@@ -138,7 +138,8 @@ pub enum Reason {
     Expired = 3,
     Malformed = 4,
     WrongMac = 5,
-    /// A non-first fragment whose first fragment was not allowed, or was never seen.
+    /// A later fragment whose first fragment was not allowed, was never seen, was recorded
+    /// more than `FRAGMENT_TIMEOUT_NS` ago, or passed on a session that is no longer valid.
     Fragment = 6,
 }
 
@@ -190,7 +191,7 @@ pub struct PuntEvent {
     pub monitor: u8,
 }
 
-/// Key of `FRAGMENTS`: a datagram under reassembly, as the kernel identifies it.
+/// Key of `FRAGMENTS`: a datagram under reassembly, as receivers identify it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentKey {
@@ -199,19 +200,31 @@ pub struct FragmentKey {
     pub dst: [u8; 16],
     /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
     pub id: u32,
-    /// IP protocol (IPv4); the IPv6 next header after the fragment header.
+    /// IP protocol for IPv4, and 0 for IPv6: IPv6 receivers reassemble by addresses and
+    /// identification alone and ignore the next header of later fragments (RFC 2460 4.5).
     pub protocol: u8,
     pub ip_version: u8,
     pub _pad: [u8; 2],
 }
 
-/// Value of `FRAGMENTS`: the classification of the datagram's first fragment.
+/// Time after which a `FRAGMENTS` record no longer applies: later fragments are dropped, and
+/// a new first fragment is recorded afresh. It exceeds the reassembly timeouts of receivers
+/// (60 s in RFC 2460 4.5 and in Linux's default `net.ipv6.ip6frag_time`, 30 s in
+/// `net.ipv4.ipfrag_time`), so
+/// a receiver has given up on a datagram before its record goes stale.
+pub const FRAGMENT_TIMEOUT_NS: u64 = 120_000_000_000;
+
+/// Value of `FRAGMENTS`: the classification of the datagram's first fragment. When several
+/// first fragments of one datagram arrive within `FRAGMENT_TIMEOUT_NS` and are classified
+/// differently, the record is a deny, because the receiver may keep any one of them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentValue {
+    /// Boot time of the last first fragment recorded for the datagram.
+    pub recorded_at_boot_ns: u64,
     pub device_id: u32,
     pub resource_id: u32,
-    /// 1 when the first fragment passed.
+    /// 1 when the first fragment passed and no conflicting one was seen.
     pub allowed: u8,
     /// Verdict counter (`counters::PASS_*`) the first fragment bumped; every later fragment of
     /// an allowed datagram bumps it too.

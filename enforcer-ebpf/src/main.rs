@@ -30,9 +30,9 @@ use aya_ebpf::{
 };
 use common::{
     Action, CONFIG_FLAG_MONITOR_ALL, Config, DEFAULT_PUNT_INTERVAL_NS, DEVICE_FLAG_MAC_BOUND,
-    DeviceEntry, FragmentKey, FragmentValue, MAX_RULES_PER_PREFIX, PROTOCOL_ANY, PrefixRules,
-    PuntEvent, RULE_FLAG_ANY_PORT, RULE_FLAG_MONITOR, Reason, ResourceRule, SessionKey,
-    SessionValue, UNKNOWN_DEVICE_ID, UNKNOWN_RESOURCE_ID, counters,
+    DeviceEntry, FRAGMENT_TIMEOUT_NS, FragmentKey, FragmentValue, MAX_RULES_PER_PREFIX,
+    PROTOCOL_ANY, PrefixRules, PuntEvent, RULE_FLAG_ANY_PORT, RULE_FLAG_MONITOR, Reason,
+    ResourceRule, SessionKey, SessionValue, UNKNOWN_DEVICE_ID, UNKNOWN_RESOURCE_ID, counters,
 };
 
 use crate::parse::{Flow, Fragment, Link, Network, Packet};
@@ -359,16 +359,34 @@ fn decide(link: Link, network: &Network, packet: &Packet, rules: &PrefixRules) -
 
 #[inline(always)]
 fn fragment_key(network: &Network, packet: &Packet) -> FragmentKey {
+    // IPv6 receivers ignore the next header of later fragments, so the key does too.
+    let protocol = if network.version == 4 {
+        packet.fragment_protocol
+    } else {
+        0
+    };
     FragmentKey {
         src: network.src,
         dst: network.dst,
         id: packet.fragment_id,
-        protocol: packet.fragment_protocol,
+        protocol,
         ip_version: network.version,
         _pad: [0; 2],
     }
 }
 
+/// Returns whether a record written at `recorded_at_boot_ns` still applies at `now`. A record
+/// from the future, which only a writer in user space can make, does not.
+#[inline(always)]
+fn fragment_fresh(recorded: &FragmentValue, now: u64) -> bool {
+    now.wrapping_sub(recorded.recorded_at_boot_ns) < FRAGMENT_TIMEOUT_NS
+}
+
+/// Records the verdict of a first fragment. A receiver keeps one of several first fragments
+/// of a datagram, and not always the one recorded last, so a first fragment classified
+/// otherwise than a fresh record of the same datagram turns the record into a deny.
+// NOTE: the conflict is not seen when `FRAGMENTS`, an LRU map, has evicted the earlier record
+// because over 65,536 other first fragments arrived in between.
 #[inline(always)]
 fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
     let allowed = decision.reason.is_none() || decision.monitor(&config());
@@ -377,26 +395,45 @@ fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
     } else {
         counters::PASS_MONITOR
     };
-    let value = FragmentValue {
+    let now = boot_ns();
+    let mut value = FragmentValue {
+        recorded_at_boot_ns: now,
         device_id: decision.device_id,
         resource_id: decision.resource_id,
         allowed: allowed as u8,
         counter: counter as u8,
         _pad: [0; 6],
     };
+    let key = fragment_key(network, packet);
+    // SAFETY: the value is copied out at once.
+    if let Some(earlier) = unsafe { FRAGMENTS.get(key) }.copied() {
+        let agrees = earlier.allowed == value.allowed
+            && earlier.counter == value.counter
+            && earlier.device_id == value.device_id
+            && earlier.resource_id == value.resource_id;
+        if fragment_fresh(&earlier, now) && !agrees {
+            value.allowed = 0;
+        }
+    }
     // A full LRU map evicts; an error here leaves the later fragments to be dropped.
-    let _ = FRAGMENTS.insert(fragment_key(network, packet), value, 0);
+    let _ = FRAGMENTS.insert(key, value, 0);
 }
 
-/// Passes a later fragment only when its datagram's first fragment passed and that pass is
-/// still valid (see `first_fragment_holds`). Every other later fragment is dropped as
-/// `deny_fragment`, in monitor mode too, because it has no L4 header to reply to.
+/// Passes a later fragment only when its datagram's first fragment passed, was recorded less
+/// than `FRAGMENT_TIMEOUT_NS` ago, and that pass is still valid (see `first_fragment_holds`).
+/// Every other later fragment is dropped as `deny_fragment`, in monitor mode too, because it
+/// has no L4 header to reply to.
 #[inline(always)]
 fn later_fragment(link: Link, network: &Network, packet: &Packet) -> u32 {
     // SAFETY: the value is copied out at once.
     let recorded = unsafe { FRAGMENTS.get(fragment_key(network, packet)) }.copied();
+    let now = boot_ns();
     let (device_id, resource_id) = match recorded {
-        Some(value) if value.allowed != 0 && first_fragment_holds(link, network, &value) => {
+        Some(value)
+            if value.allowed != 0
+                && fragment_fresh(&value, now)
+                && first_fragment_holds(link, network, &value, now) =>
+        {
             return verdict(value.counter as u32, XDP_PASS);
         }
         Some(value) => (value.device_id, value.resource_id),
@@ -414,14 +451,14 @@ fn later_fragment(link: Link, network: &Network, packet: &Packet) -> u32 {
     verdict(counters::DENY_FRAGMENT, XDP_DROP)
 }
 
-/// Returns whether a first fragment's pass applies to a later fragment now. A pass on a
+/// Returns whether a first fragment's pass applies to a later fragment at `now`. A pass on a
 /// session needs the same device at the source address, its MAC binding, and the session
 /// still live, so an expiry or a revocation stops a datagram under way. Passes of unprotected
 /// and monitor-mode packets needed no session and still apply.
 // NOTE: a datagram whose first fragment passed in monitor mode keeps passing its later
-// fragments after monitor mode is turned off, until `FRAGMENTS` evicts its entry.
+// fragments after monitor mode is turned off, for up to `FRAGMENT_TIMEOUT_NS`.
 #[inline(always)]
-fn first_fragment_holds(link: Link, network: &Network, recorded: &FragmentValue) -> bool {
+fn first_fragment_holds(link: Link, network: &Network, recorded: &FragmentValue, now: u64) -> bool {
     if recorded.counter as u32 != counters::PASS_SESSION {
         return true;
     }
@@ -432,7 +469,7 @@ fn first_fragment_holds(link: Link, network: &Network, recorded: &FragmentValue)
         return false;
     }
     match session_expiry(recorded.device_id, recorded.resource_id) {
-        Some(expires_at_boot_ns) => boot_ns() < expires_at_boot_ns,
+        Some(expires_at_boot_ns) => now < expires_at_boot_ns,
         None => false,
     }
 }

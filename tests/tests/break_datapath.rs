@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 
 use common::{
-    Action, DeviceEntry, PROTOCOL_ANY, PrefixRules, RULE_FLAG_ANY_PORT, ResourceRule, SessionKey,
+    Action, CONFIG_FLAG_MONITOR_ALL, Config, DeviceEntry, FRAGMENT_TIMEOUT_NS, FragmentKey,
+    FragmentValue, PROTOCOL_ANY, PrefixRules, RULE_FLAG_ANY_PORT, ResourceRule, SessionKey,
     SessionValue, counters, map_names,
 };
 use enforcer::dataplane::reference::LinkKind;
@@ -425,6 +426,144 @@ fn fragment_after_address_moves() {
     assert_eq!(
         action, XDP_DROP,
         "a later fragment passed for another device, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+}
+
+/// Expires device A's SSH session.
+fn expire_ssh(program: &mut TestProgram) {
+    let key = SessionKey {
+        device_id: DEVICE_A_ID,
+        resource_id: SSH,
+    };
+    let expired = SessionValue {
+        expires_at_boot_ns: 1,
+    };
+    program.set_session(key, expired).unwrap();
+}
+
+/// A second first fragment with the same id, to a port no rule covers, passes unprotected.
+/// A receiver may keep the first copy of a duplicate fragment, and with it the SSH header. The second record must not let the SSH datagram's later
+/// fragments through after the session expires.
+#[test]
+fn second_first_fragment_replaces_record() {
+    let mut program = setup();
+    let later = first_fragment_passed(&mut program, 0x7790);
+    let decoy = tcp(40000, 80, 1000, 0, TCP_ACK, &[0x41; 40]);
+    let mut first = later.clone();
+    first.fragment_offset = 0;
+    first.more_fragments = true;
+    let frame = eth4(&first.packet(&decoy[..32]));
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(action, XDP_PASS, "decoy first fragment, moved {moved:?}");
+    assert!(has(&moved, counters::PASS_UNPROTECTED), "moved {moved:?}");
+
+    expire_ssh(&mut program);
+    let frame = eth4(&later.packet(&later_payload()));
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(
+        action, XDP_DROP,
+        "a later fragment passed after the session expired, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+}
+
+/// IPv6 receivers reassemble by (source, destination, identification) and take the upper
+/// layer from the first fragment, whatever next header later fragments carry. A decoy first
+/// fragment with another next header must not give the SSH datagram an unconditional record.
+#[test]
+fn ipv6_first_fragment_under_other_next_header() {
+    let mut program = setup();
+    // 2001:db8:200::/48 protects TCP 22 only, so UDP to it passes unprotected.
+    let ssh_only = [0x20, 0x01, 0x0d, 0xb8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    program
+        .set_prefix(
+            IpAddr::from(ssh_only),
+            48,
+            rules(&[rule(V6_SSH, IPPROTO_TCP, (22, 22), false)]),
+        )
+        .unwrap();
+    let id = 0x5151;
+    let fragment = |next_header: u8, offset: u16, more: bool, data: &[u8]| {
+        let mut payload = ipv6_fragment(next_header, offset, more, id);
+        payload.extend_from_slice(data);
+        eth6(&ipv6(DEVICE_B, ssh_only, IPPROTO_FRAGMENT, &payload))
+    };
+
+    let segment = tcp(40000, 22, 1000, 0, TCP_ACK, &[0x41; 12]);
+    let (action, moved) = run_eth(&mut program, &fragment(IPPROTO_TCP, 0, true, &segment));
+    assert_eq!(action, XDP_PASS, "SSH first fragment, moved {moved:?}");
+    assert!(has(&moved, counters::PASS_SESSION), "moved {moved:?}");
+    let decoy = udp(5000, 53, &[0x42; 24]);
+    let (action, moved) = run_eth(&mut program, &fragment(IPPROTO_UDP, 0, true, &decoy));
+    assert_eq!(action, XDP_PASS, "UDP first fragment, moved {moved:?}");
+    assert!(has(&moved, counters::PASS_UNPROTECTED), "moved {moved:?}");
+
+    let key = SessionKey {
+        device_id: DEVICE_B_ID,
+        resource_id: V6_SSH,
+    };
+    let expired = SessionValue {
+        expires_at_boot_ns: 1,
+    };
+    program.set_session(key, expired).unwrap();
+    for next_header in [IPPROTO_UDP, IPPROTO_TCP] {
+        let frame = fragment(next_header, 4, false, &[0x43; 16]);
+        print_frame(&frame);
+        let (action, moved) = run_eth(&mut program, &frame);
+        assert_eq!(
+            action, XDP_DROP,
+            "next header {next_header}: a later fragment passed after the session expired, \
+             moved {moved:?}"
+        );
+        assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+    }
+}
+
+/// A first fragment that passed in monitor mode needs no session, so its record lets later
+/// fragments through after monitor mode ends. That must stop once the record is older than
+/// any receiver's reassembly timeout.
+#[test]
+fn monitor_fragment_record_times_out() {
+    let mut program = setup();
+    let monitor_all = Config {
+        flags: CONFIG_FLAG_MONITOR_ALL,
+        ..Default::default()
+    };
+    program.set_config(monitor_all).unwrap();
+    let segment = tcp(40000, 22, 1000, 0, TCP_ACK, &[0x41; 40]);
+    let mut first = Ipv4::new(DEVICE_C, SERVER, IPPROTO_TCP);
+    first.id = 0x7791;
+    first.more_fragments = true;
+    let (action, moved) = run_eth(&mut program, &eth4(&first.packet(&segment[..32])));
+    assert_eq!(
+        action, XDP_PASS,
+        "monitored first fragment, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::PASS_MONITOR), "moved {moved:?}");
+    program.set_config(Config::default()).unwrap();
+
+    let mut later = first.clone();
+    later.fragment_offset = 4;
+    later.more_fragments = false;
+    let frame = eth4(&later.packet(&segment[32..]));
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(action, XDP_PASS, "later fragment in time, moved {moved:?}");
+
+    let mut records: aya::maps::HashMap<_, FragmentKey, FragmentValue> =
+        program.map(map_names::FRAGMENTS).unwrap();
+    let keys: Vec<FragmentKey> = records.keys().map(Result::unwrap).collect();
+    assert_eq!(keys.len(), 1, "fragment records {keys:?}");
+    let mut value = records.get(&keys[0], 0).unwrap();
+    value.recorded_at_boot_ns = boot_ns_now() - FRAGMENT_TIMEOUT_NS - 1;
+    records.insert(keys[0], value, 0).unwrap();
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(
+        action, XDP_DROP,
+        "a later fragment passed on a timed-out record, moved {moved:?}"
     );
     assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
 }

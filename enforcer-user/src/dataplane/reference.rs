@@ -15,10 +15,10 @@ use std::net::IpAddr;
 
 use common::{
     Action, CONFIG_FLAG_MONITOR_ALL, Config, DEFAULT_PUNT_INTERVAL_NS, DEVICE_FLAG_MAC_BOUND,
-    DeviceEntry, FragmentKey, FragmentValue, IPV6_EXT_MAX_DEPTH, MAX_RULES_PER_PREFIX,
-    PROTOCOL_ANY, PrefixRules, PuntEvent, RULE_FLAG_ANY_PORT, RULE_FLAG_MONITOR, Reason,
-    ResourceRule, SessionKey, SessionValue, UNKNOWN_DEVICE_ID, UNKNOWN_RESOURCE_ID, VLAN_MAX_DEPTH,
-    checksum, counters, ip_protocol,
+    DeviceEntry, FRAGMENT_TIMEOUT_NS, FragmentKey, FragmentValue, IPV6_EXT_MAX_DEPTH,
+    MAX_RULES_PER_PREFIX, PROTOCOL_ANY, PrefixRules, PuntEvent, RULE_FLAG_ANY_PORT,
+    RULE_FLAG_MONITOR, Reason, ResourceRule, SessionKey, SessionValue, UNKNOWN_DEVICE_ID,
+    UNKNOWN_RESOURCE_ID, VLAN_MAX_DEPTH, checksum, counters, ip_protocol,
 };
 
 /// Maximum bytes of a denied IPv6 packet quoted in an ICMPv6 error, as in the XDP program.
@@ -739,9 +739,13 @@ impl Run<'_> {
         Decision::pass(counters::PASS_SESSION, device.device_id, rule.resource_id)
     }
 
+    /// Records the verdict of a first fragment. A first fragment classified otherwise than a
+    /// fresh record of the same datagram turns the record into a deny, because the receiver
+    /// may keep either of them.
     fn record_fragment(&mut self, network: &Network, packet: &Packet, decision: &Decision) {
         let passed = decision.reason.is_none();
-        let value = FragmentValue {
+        let mut value = FragmentValue {
+            recorded_at_boot_ns: self.now_boot_ns,
             device_id: decision.device_id,
             resource_id: decision.resource_id,
             allowed: (passed || decision.monitor) as u8,
@@ -752,13 +756,22 @@ impl Run<'_> {
             },
             _pad: [0; 6],
         };
-        self.state
-            .fragments
-            .insert(fragment_key(network, packet), value);
+        let key = fragment_key(network, packet);
+        if let Some(earlier) = self.state.fragments.get(&key) {
+            let agrees = earlier.allowed == value.allowed
+                && earlier.counter == value.counter
+                && earlier.device_id == value.device_id
+                && earlier.resource_id == value.resource_id;
+            if fragment_fresh(earlier, self.now_boot_ns) && !agrees {
+                value.allowed = 0;
+            }
+        }
+        self.state.fragments.insert(key, value);
     }
 
-    /// Passes a later fragment only when its datagram's first fragment passed and that pass
-    /// is still valid; drops it as `deny_fragment` otherwise, in monitor mode too.
+    /// Passes a later fragment only when its datagram's first fragment passed, was recorded
+    /// less than `FRAGMENT_TIMEOUT_NS` ago, and that pass is still valid. Drops every other
+    /// later fragment as `deny_fragment`, in monitor mode too.
     fn later_fragment(&mut self, link: LinkKind, network: &Network, packet: &Packet) -> Verdict {
         let recorded = self
             .state
@@ -767,7 +780,9 @@ impl Run<'_> {
             .copied();
         let ids = match recorded {
             Some(value)
-                if value.allowed != 0 && self.first_fragment_holds(link, network, &value) =>
+                if value.allowed != 0
+                    && fragment_fresh(&value, self.now_boot_ns)
+                    && self.first_fragment_holds(link, network, &value) =>
             {
                 return (XdpAction::Pass, value.counter as u32, None, None);
             }
@@ -876,15 +891,26 @@ impl Run<'_> {
     }
 }
 
+/// Returns the record key of a fragment. IPv6 receivers ignore the next header of later
+/// fragments, so an IPv6 key does too.
 fn fragment_key(network: &Network, packet: &Packet) -> FragmentKey {
     FragmentKey {
         src: network.src,
         dst: network.dst,
         id: packet.fragment_id,
-        protocol: packet.fragment_protocol,
+        protocol: if network.version == 4 {
+            packet.fragment_protocol
+        } else {
+            0
+        },
         ip_version: network.version,
         _pad: [0; 2],
     }
+}
+
+/// Returns whether a record still applies at `now_boot_ns`. A record from the future does not.
+fn fragment_fresh(recorded: &FragmentValue, now_boot_ns: u64) -> bool {
+    now_boot_ns.wrapping_sub(recorded.recorded_at_boot_ns) < FRAGMENT_TIMEOUT_NS
 }
 
 /// Returns whether a reject may reply to the packet: never a RST (RFC 793), never an ICMP
@@ -1142,6 +1168,34 @@ mod tests {
         let outcome = later_fragment_outcome(&fragment_tables(100), [2, 0, 0, 0, 0, 0xee], 50);
         assert_eq!(outcome.action, XdpAction::Drop);
         assert_eq!(outcome.verdict_counter, counters::DENY_FRAGMENT);
+    }
+
+    #[test]
+    fn later_fragment_denied_after_conflicting_first() {
+        let tables = fragment_tables(100);
+        let mut state = State::default();
+        let first = fragment_frame(CLIENT_MAC, 0, true);
+        classify(&first, LinkKind::Ethernet, &tables, &mut state, 10);
+        // The same datagram's first fragment again, to port 80, which no rule covers.
+        let mut decoy = first.clone();
+        decoy[ETH_HLEN + 20 + 2..ETH_HLEN + 20 + 4].copy_from_slice(&80u16.to_be_bytes());
+        let outcome = classify(&decoy, LinkKind::Ethernet, &tables, &mut state, 20);
+        assert_eq!(outcome.verdict_counter, counters::PASS_UNPROTECTED);
+        let later = fragment_frame(CLIENT_MAC, 3, false);
+        let outcome = classify(&later, LinkKind::Ethernet, &tables, &mut state, 30);
+        assert_eq!(outcome.action, XdpAction::Drop);
+        assert_eq!(outcome.verdict_counter, counters::DENY_FRAGMENT);
+    }
+
+    #[test]
+    fn later_fragment_denied_after_timeout() {
+        let expires_at_boot_ns = 10 + 2 * FRAGMENT_TIMEOUT_NS;
+        let tables = fragment_tables(expires_at_boot_ns);
+        let in_time = later_fragment_outcome(&tables, CLIENT_MAC, 9 + FRAGMENT_TIMEOUT_NS);
+        assert_eq!(in_time.action, XdpAction::Pass);
+        let late = later_fragment_outcome(&tables, CLIENT_MAC, 10 + FRAGMENT_TIMEOUT_NS);
+        assert_eq!(late.action, XdpAction::Drop);
+        assert_eq!(late.verdict_counter, counters::DENY_FRAGMENT);
     }
 
     #[test]
