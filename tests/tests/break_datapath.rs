@@ -6,12 +6,12 @@ use std::net::IpAddr;
 
 use common::{
     Action, CONFIG_FLAG_MONITOR_ALL, Config, DeviceEntry, FRAGMENT_TIMEOUT_NS, FragmentKey,
-    FragmentValue, PROTOCOL_ANY, PrefixRules, RULE_FLAG_ANY_PORT, ResourceRule, SessionKey,
+    FragmentValue, PROTOCOL_ANY, PrefixRules, RULE_FLAG_ANY_PORT, Reason, ResourceRule, SessionKey,
     SessionValue, counters, map_names,
 };
 use enforcer::dataplane::reference::LinkKind;
 use enforcer_tests::{
-    datapath::{TestProgram, boot_ns_now},
+    datapath::{TestProgram, boot_ns_now, drain_punts},
     packets::*,
     require_root,
 };
@@ -1041,4 +1041,246 @@ fn raw_ip_and_expiry_held() {
     let (action, moved) = run_eth(&mut program, &eth4(&ip));
     assert_eq!(action, XDP_TX);
     assert!(has(&moved, counters::DENY_EXPIRED));
+}
+
+#[test]
+fn fragment_edge_cases_held() {
+    let mut program = setup();
+    let segment = tcp(40000, 22, 1000, 0, TCP_ACK, &[0x41; 40]);
+
+    // DF with MF set is still a first fragment: recorded, and its later fragment passes.
+    let mut first = Ipv4::new(DEVICE_A, SERVER, IPPROTO_TCP);
+    first.id = 0x2001;
+    first.more_fragments = true;
+    let mut packet = first.packet(&segment[..32]);
+    packet[6] |= 0x40;
+    let (action, moved) = run_eth(&mut program, &eth4(&packet));
+    assert_eq!(action, XDP_PASS, "DF and MF, moved {moved:?}");
+    assert!(has(&moved, counters::PASS_SESSION), "moved {moved:?}");
+    let mut later = first.clone();
+    later.fragment_offset = 4;
+    later.more_fragments = false;
+    let mut packet = later.packet(&segment[32..]);
+    packet[6] |= 0x40;
+    let (action, moved) = run_eth(&mut program, &eth4(&packet));
+    assert_eq!(action, XDP_PASS, "later fragment with DF, moved {moved:?}");
+
+    // DF and MF without a session: denied like any first fragment, and so is the later one.
+    let mut denied = first.clone();
+    denied.src = DEVICE_C;
+    let mut packet = denied.packet(&segment[..32]);
+    packet[6] |= 0x40;
+    let (action, moved) = run_eth(&mut program, &eth4(&packet));
+    assert_eq!(
+        action, XDP_TX,
+        "DF and MF without a session, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_NO_SESSION), "moved {moved:?}");
+    let mut denied_later = later.clone();
+    denied_later.src = DEVICE_C;
+    let (action, moved) = run_eth(&mut program, &eth4(&denied_later.packet(&segment[32..])));
+    assert_eq!(action, XDP_DROP, "moved {moved:?}");
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+
+    // An IPv6 atomic fragment (offset 0, M clear) is a whole packet: classified by its ports,
+    // and it records nothing a later fragment with its id could use.
+    let atomic = |id: u32, port: u16| {
+        let mut payload = ipv6_fragment(IPPROTO_TCP, 0, false, id);
+        payload.extend_from_slice(&tcp_syn(port));
+        eth6(&ipv6(DEVICE_B, SERVER_V6, IPPROTO_FRAGMENT, &payload))
+    };
+    let (action, moved) = run_eth(&mut program, &atomic(0x3001, 22));
+    assert_eq!(action, XDP_PASS, "atomic fragment to SSH, moved {moved:?}");
+    assert!(has(&moved, counters::PASS_SESSION), "moved {moved:?}");
+    let (action, moved) = run_eth(&mut program, &atomic(0x3002, 23));
+    assert_eq!(
+        action, XDP_TX,
+        "atomic fragment to port 23, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_NO_SESSION), "moved {moved:?}");
+    let mut payload = ipv6_fragment(IPPROTO_TCP, 4, false, 0x3001);
+    payload.extend_from_slice(&[0; 16]);
+    let frame = eth6(&ipv6(DEVICE_B, SERVER_V6, IPPROTO_FRAGMENT, &payload));
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(
+        action, XDP_DROP,
+        "later fragment after an atomic one, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+
+    // IPv6 fragment headers behind hop-by-hop, destination options and routing headers.
+    let mut routing = vec![IPPROTO_FRAGMENT, 2, 0, 0, 0, 0, 0, 0];
+    routing.extend_from_slice(&OUTSIDE_V6);
+    let unfragmentable = [
+        ipv6_options(IPPROTO_DSTOPTS),
+        ipv6_options(IPPROTO_ROUTING),
+        routing,
+    ]
+    .concat();
+    let fragment = |offset: u16, more: bool, data: &[u8]| {
+        let mut payload = unfragmentable.clone();
+        payload.extend_from_slice(&ipv6_fragment(IPPROTO_TCP, offset, more, 0x3003));
+        payload.extend_from_slice(data);
+        eth6(&ipv6(DEVICE_B, SERVER_V6, IPPROTO_HOPOPTS, &payload))
+    };
+    let (action, moved) = run_eth(&mut program, &fragment(0, true, &segment[..32]));
+    assert_eq!(
+        action, XDP_PASS,
+        "first fragment behind a chain, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::PASS_SESSION), "moved {moved:?}");
+    let later = fragment(4, false, &segment[32..]);
+    let (action, moved) = run_eth(&mut program, &later);
+    assert_eq!(
+        action, XDP_PASS,
+        "later fragment behind a chain, moved {moved:?}"
+    );
+    let key = SessionKey {
+        device_id: DEVICE_B_ID,
+        resource_id: V6_SSH,
+    };
+    let mut sessions: aya::maps::HashMap<_, SessionKey, SessionValue> =
+        program.map(map_names::SESSIONS).unwrap();
+    sessions.remove(&key).unwrap();
+    let (action, moved) = run_eth(&mut program, &later);
+    assert_eq!(
+        action, XDP_DROP,
+        "later fragment after revocation, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+}
+
+#[test]
+fn fragment_punts_held() {
+    let mut program = setup();
+    let mut punts = program.take_punts().unwrap();
+    let later = first_fragment_passed(&mut program, 0x2101);
+    expire_ssh(&mut program);
+    let (action, moved) = run_eth(&mut program, &eth4(&later.packet(&later_payload())));
+    assert_eq!(action, XDP_DROP, "moved {moved:?}");
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+    assert!(has(&moved, counters::PUNT_SENT), "moved {moved:?}");
+    let events = drain_punts(&mut punts);
+    assert_eq!(events.len(), 1, "punts {events:?}");
+    let event = events[0];
+    assert_eq!(event.reason, Reason::Fragment as u8, "punt reason");
+    assert_eq!(event.device_id, DEVICE_A_ID, "punt device id");
+    assert_eq!(event.resource_id, SSH, "punt resource id");
+    assert_eq!(event.protocol, IPPROTO_TCP, "punt protocol");
+    assert_eq!(event.dst_port, 0, "a later fragment has no ports");
+    assert_eq!(event.monitor, 0, "punt monitor flag");
+    assert_eq!(event.src[..4], DEVICE_A, "punt source address");
+    assert_eq!(event.dst[..4], SERVER, "punt destination address");
+
+    // A later fragment never seen with a first fragment is punted with unknown ids.
+    let mut orphan = Ipv4::new(DEVICE_C, SERVER, IPPROTO_UDP);
+    orphan.id = 0x2102;
+    orphan.fragment_offset = 8;
+    let (action, moved) = run_eth(&mut program, &eth4(&orphan.packet(&[0; 16])));
+    assert_eq!(action, XDP_DROP, "moved {moved:?}");
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+    let events = drain_punts(&mut punts);
+    assert_eq!(events.len(), 1, "punts {events:?}");
+    assert_eq!(events[0].reason, Reason::Fragment as u8, "punt reason");
+    assert_eq!(events[0].device_id, 0, "punt device id");
+    assert_eq!(events[0].resource_id, 0, "punt resource id");
+    assert_eq!(events[0].protocol, IPPROTO_UDP, "punt protocol");
+}
+
+#[test]
+fn nested_icmp_errors_held() {
+    let mut program = setup();
+    // An error about an error from the server to device C, quoting TCP port 22 in turn.
+    let innermost = Ipv4::new(DEVICE_C, SERVER, IPPROTO_TCP).packet(&tcp_syn(22)[..8]);
+    let mut inner_rest = vec![0; 4];
+    inner_rest.extend_from_slice(&innermost);
+    let inner_error = Ipv4::new(SERVER, DEVICE_C, IPPROTO_ICMP).packet(&icmp(3, 3, &inner_rest));
+    for (device, counter) in [
+        (DEVICE_C, counters::DENY_NO_SESSION),
+        (DEVICE_A, counters::DENY_NO_SESSION),
+    ] {
+        let mut quoted = inner_error.clone();
+        quoted[16..20].copy_from_slice(&device);
+        let mut rest = vec![0; 4];
+        rest.extend_from_slice(&quoted[..28]);
+        let error = Ipv4::new(device, SERVER, IPPROTO_ICMP).packet(&icmp(3, 1, &rest));
+        let (action, moved) = run_eth(&mut program, &eth4(&error));
+        assert_eq!(action, XDP_DROP, "device {device:?}, moved {moved:?}");
+        assert!(has(&moved, counter), "device {device:?}, moved {moved:?}");
+    }
+
+    // An ICMPv6 error quoting an ICMPv6 error is matched as ICMPv6 by V6_ANY, where B has no
+    // session.
+    let innermost = ipv6(DEVICE_B, SERVER_V6, IPPROTO_TCP, &tcp_syn(22)[..8]);
+    let mut inner_rest = vec![0; 4];
+    inner_rest.extend_from_slice(&innermost);
+    let inner_error = ipv6(
+        SERVER_V6,
+        DEVICE_B,
+        IPPROTO_ICMPV6,
+        &icmp(1, 1, &inner_rest),
+    );
+    let mut rest = vec![0; 4];
+    rest.extend_from_slice(&inner_error[..48]);
+    let error = ipv6(DEVICE_B, SERVER_V6, IPPROTO_ICMPV6, &icmp(1, 4, &rest));
+    let (action, moved) = run_eth(&mut program, &eth6(&error));
+    assert_eq!(action, XDP_DROP, "moved {moved:?}");
+    assert!(has(&moved, counters::DENY_NO_SESSION), "moved {moved:?}");
+}
+
+#[test]
+fn fragmented_icmpv6_errors_held() {
+    let mut program = setup();
+    let quoted_tcp = tcp(22, 40000, 1, 0, TCP_ACK, &[]);
+    let quoted = ipv6(SERVER_V6, DEVICE_B, IPPROTO_TCP, &quoted_tcp);
+    let mut rest = vec![0; 4];
+    rest.extend_from_slice(&quoted);
+    let message = icmp(1, 4, &rest);
+    let fragment = |offset: u16, more: bool, data: &[u8]| {
+        let mut payload = ipv6_options(IPPROTO_FRAGMENT);
+        payload.extend_from_slice(&ipv6_fragment(IPPROTO_ICMPV6, offset, more, 0x4001));
+        payload.extend_from_slice(data);
+        eth6(&ipv6(DEVICE_B, SERVER_V6, IPPROTO_DSTOPTS, &payload))
+    };
+
+    // A later fragment of an ICMPv6 error before its first fragment.
+    let (action, moved) = run_eth(&mut program, &fragment(7, false, &message[56..]));
+    assert_eq!(action, XDP_DROP, "moved {moved:?}");
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+
+    // The first fragment quotes B's SSH flow and passes on B's session; its later one too.
+    let (action, moved) = run_eth(&mut program, &fragment(0, true, &message[..56]));
+    assert_eq!(action, XDP_PASS, "moved {moved:?}");
+    assert!(has(&moved, counters::PASS_SESSION), "moved {moved:?}");
+    let (action, moved) = run_eth(&mut program, &fragment(7, false, &message[56..]));
+    assert_eq!(action, XDP_PASS, "moved {moved:?}");
+
+    // A first fragment that cuts the quote before its ports is malformed.
+    let (action, moved) = run_eth(&mut program, &fragment(0, true, &message[..48]));
+    assert_eq!(action, XDP_DROP, "moved {moved:?}");
+    assert!(has(&moved, counters::DENY_MALFORMED), "moved {moved:?}");
+
+    // A quote cut inside its fragment header, and a quoted atomic fragment.
+    let cut = |chain: &[u8], next_header: u8| {
+        let mut payload = chain.to_vec();
+        payload.extend_from_slice(&quoted_tcp[..8]);
+        let quoted = ipv6(SERVER_V6, DEVICE_B, next_header, &payload);
+        let mut rest = vec![0; 4];
+        rest.extend_from_slice(&quoted);
+        rest
+    };
+    let mut rest = cut(&ipv6_options(IPPROTO_FRAGMENT), IPPROTO_DSTOPTS);
+    rest.truncate(4 + 40 + 8 + 4);
+    let error = ipv6(DEVICE_B, SERVER_V6, IPPROTO_ICMPV6, &icmp(1, 4, &rest));
+    let (action, moved) = run_eth(&mut program, &eth6(&error));
+    assert_eq!(
+        action, XDP_DROP,
+        "quote cut in its fragment header, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_MALFORMED), "moved {moved:?}");
+    let rest = cut(&ipv6_fragment(IPPROTO_TCP, 0, false, 9), IPPROTO_FRAGMENT);
+    let error = ipv6(DEVICE_B, SERVER_V6, IPPROTO_ICMPV6, &icmp(1, 4, &rest));
+    let (action, moved) = run_eth(&mut program, &eth6(&error));
+    assert_eq!(action, XDP_PASS, "quoted atomic fragment, moved {moved:?}");
+    assert!(has(&moved, counters::PASS_SESSION), "moved {moved:?}");
 }
