@@ -229,7 +229,10 @@ pub struct FragmentValue {
     /// Verdict counter (`counters::PASS_*`) the first fragment bumped; every later fragment of
     /// an allowed datagram bumps it too.
     pub counter: u8,
-    pub _pad: [u8; 6],
+    /// Bytes of fragment data the first fragment carried, the maximum over the first fragments
+    /// recorded. A later fragment at a lower offset overlaps them and is dropped.
+    pub first_len: u16,
+    pub _pad: [u8; 4],
 }
 
 /// Value of the one-entry `CONFIG` array.

@@ -402,17 +402,23 @@ fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
         resource_id: decision.resource_id,
         allowed: allowed as u8,
         counter: counter as u8,
-        _pad: [0; 6],
+        first_len: (packet.ip_end - packet.fragment_start) as u16,
+        _pad: [0; 4],
     };
     let key = fragment_key(network, packet);
     // SAFETY: the value is copied out at once.
     if let Some(earlier) = unsafe { FRAGMENTS.get(key) }.copied() {
-        let agrees = earlier.allowed == value.allowed
-            && earlier.counter == value.counter
-            && earlier.device_id == value.device_id
-            && earlier.resource_id == value.resource_id;
-        if fragment_fresh(&earlier, now) && !agrees {
-            value.allowed = 0;
+        if fragment_fresh(&earlier, now) {
+            let agrees = earlier.allowed == value.allowed
+                && earlier.counter == value.counter
+                && earlier.device_id == value.device_id
+                && earlier.resource_id == value.resource_id;
+            if !agrees {
+                value.allowed = 0;
+            }
+            if earlier.first_len > value.first_len {
+                value.first_len = earlier.first_len;
+            }
         }
     }
     // A full LRU map evicts; an error here leaves the later fragments to be dropped.
@@ -421,6 +427,8 @@ fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
 
 /// Passes a later fragment only when its datagram's first fragment passed, was recorded less
 /// than `FRAGMENT_TIMEOUT_NS` ago, and that pass is still valid (see `first_fragment_holds`).
+/// The later fragment must also start past the first fragment's data, because a receiver that
+/// lets overlapping data win would rewrite the headers the first fragment was classified by.
 /// Every other later fragment is dropped as `deny_fragment`, in monitor mode too, because it
 /// has no L4 header to reply to.
 #[inline(always)]
@@ -432,6 +440,7 @@ fn later_fragment(link: Link, network: &Network, packet: &Packet) -> u32 {
         Some(value)
             if value.allowed != 0
                 && fragment_fresh(&value, now)
+                && packet.fragment_offset >= value.first_len
                 && first_fragment_holds(link, network, &value, now) =>
         {
             return verdict(value.counter as u32, XDP_PASS);

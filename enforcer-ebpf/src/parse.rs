@@ -101,6 +101,11 @@ pub struct Packet {
     /// IPv4 protocol, or the next header of the IPv6 fragment header: the value every
     /// fragment of one datagram carries.
     pub fragment_protocol: u8,
+    /// Offset of the fragment data: the IPv4 payload, or what follows the IPv6 fragment
+    /// header.
+    pub fragment_start: usize,
+    /// Byte offset of the fragment data in the original datagram's fragmentable part.
+    pub fragment_offset: u16,
     pub flow: Flow,
     /// The packet is an ICMP or ICMPv6 error, and `flow` is the flow it quotes.
     pub icmp_error: bool,
@@ -214,6 +219,8 @@ fn new_packet(ip_end: usize, l4: usize, protocol: u8) -> Packet {
         fragment: Fragment::Whole,
         fragment_id: 0,
         fragment_protocol: protocol,
+        fragment_start: l4,
+        fragment_offset: 0,
         flow: Flow {
             protocol,
             has_ports: false,
@@ -255,6 +262,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
     };
     if packet.fragment != Fragment::Whole {
         packet.fragment_id = u16::from_be_bytes([header[4], header[5]]) as u32;
+        packet.fragment_offset = (fragment_field & 0x1fff) << 3;
     }
     Ok(packet)
 }
@@ -282,6 +290,8 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
     if chain.fragment != Fragment::Whole {
         packet.fragment_id = chain.fragment_id;
         packet.fragment_protocol = chain.fragment_protocol;
+        packet.fragment_start = chain.fragment_start;
+        packet.fragment_offset = chain.fragment_offset;
     }
     Ok(packet)
 }
@@ -297,6 +307,10 @@ struct Chain {
     fragment_id: u32,
     /// Next header of the fragment header, when there is one.
     fragment_protocol: u8,
+    /// Offset just past the fragment header, when there is one.
+    fragment_start: usize,
+    /// Fragment offset of the fragment header in bytes, when there is one.
+    fragment_offset: u16,
 }
 
 /// Walks at most `IPV6_EXT_MAX_DEPTH` extension headers that start at `offset` with type
@@ -317,6 +331,8 @@ fn extensions(
         fragment: Fragment::Whole,
         fragment_id: 0,
         fragment_protocol: next_header,
+        fragment_start: offset,
+        fragment_offset: 0,
     };
     let mut fragment_seen = false;
     for index in 0..IPV6_EXT_MAX_DEPTH {
@@ -336,6 +352,8 @@ fn extensions(
             next_header = fragment[0];
             offset += 8;
             chain.fragment_protocol = next_header;
+            chain.fragment_start = offset;
+            chain.fragment_offset = field & 0xfff8;
             chain.fragment_id =
                 u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
             if field & 0xfff8 != 0 {

@@ -48,6 +48,10 @@ const DEVICE_B: [u8; 16] = [
     0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
 ];
 const DEVICE_B_ID: u32 = 2;
+/// IPv6 device without any session.
+const DEVICE_C_V6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x30,
+];
 
 /// 198.51.100.0/24: TCP 22 (reject), ICMP any (reject), UDP 1-65535 (reject), SCTP 22
 /// (reject).
@@ -566,6 +570,61 @@ fn monitor_fragment_record_times_out() {
         "a later fragment passed on a timed-out record, moved {moved:?}"
     );
     assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+}
+
+/// A later fragment that overlaps the first one can rewrite, on receivers that let new data
+/// win, the bytes the first fragment was classified by. Behind a destination options header
+/// after the fragment header, offset 1 is the TCP header: the decoy to port 80 passes
+/// unprotected and the overlap turns it into port 22.
+#[test]
+fn later_fragment_overlaps_first() {
+    let mut program = setup();
+    let ssh_only = [0x20, 0x01, 0x0d, 0xb8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    program
+        .set_prefix(
+            IpAddr::from(ssh_only),
+            48,
+            rules(&[rule(V6_SSH, IPPROTO_TCP, (22, 22), false)]),
+        )
+        .unwrap();
+    let fragment = |offset: u16, more: bool, data: &[u8]| {
+        let mut payload = ipv6_fragment(IPPROTO_DSTOPTS, offset, more, 0x6161);
+        payload.extend_from_slice(data);
+        eth6(&ipv6(DEVICE_C_V6, ssh_only, IPPROTO_FRAGMENT, &payload))
+    };
+    let mut first = ipv6_options(IPPROTO_TCP);
+    first.extend_from_slice(&tcp(40000, 80, 1000, 0, TCP_SYN, &[0x41; 4]));
+    let (action, moved) = run_eth(&mut program, &fragment(0, true, &first));
+    assert_eq!(action, XDP_PASS, "decoy first fragment, moved {moved:?}");
+    assert!(has(&moved, counters::PASS_UNPROTECTED), "moved {moved:?}");
+    let overlap = tcp(40000, 22, 1000, 0, TCP_SYN, &[0x41; 4]);
+    let frame = fragment(1, false, &overlap);
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(
+        action, XDP_DROP,
+        "an overlapping later fragment passed, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+    // The fragment that starts where the first one ends still passes.
+    let frame = fragment(4, false, &[0x42; 8]);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(action, XDP_PASS, "adjacent later fragment, moved {moved:?}");
+
+    // IPv4: offset 1 rewrites the TCP data offset and flags of an allowed first fragment.
+    let later = first_fragment_passed(&mut program, 0x6162);
+    let mut overlapping = later.clone();
+    overlapping.fragment_offset = 1;
+    let frame = eth4(&overlapping.packet(&[0x50, 0x02, 0x20, 0x00, 0, 0, 0, 0]));
+    print_frame(&frame);
+    let (action, moved) = run_eth(&mut program, &frame);
+    assert_eq!(
+        action, XDP_DROP,
+        "an overlapping IPv4 fragment passed, moved {moved:?}"
+    );
+    assert!(has(&moved, counters::DENY_FRAGMENT), "moved {moved:?}");
+    let (action, moved) = run_eth(&mut program, &eth4(&later.packet(&later_payload())));
+    assert_eq!(action, XDP_PASS, "adjacent IPv4 fragment, moved {moved:?}");
 }
 
 /// An ICMPv6 error quoting a packet with extension headers is classified by the quoted flow

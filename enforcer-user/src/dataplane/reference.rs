@@ -208,6 +208,11 @@ struct Packet {
     fragment: Fragment,
     fragment_id: u32,
     fragment_protocol: u8,
+    /// Offset of the fragment data: the IPv4 payload, or what follows the IPv6 fragment
+    /// header.
+    fragment_start: usize,
+    /// Byte offset of the fragment data in the original datagram's fragmentable part.
+    fragment_offset: u16,
     flow: Flow,
     icmp_error: bool,
     tcp_reset: bool,
@@ -293,6 +298,8 @@ fn new_packet(ip_end: usize, l4: usize, protocol: u8) -> Packet {
         fragment: Fragment::Whole,
         fragment_id: 0,
         fragment_protocol: protocol,
+        fragment_start: l4,
+        fragment_offset: 0,
         flow: Flow {
             protocol,
             ..Flow::default()
@@ -340,6 +347,7 @@ fn ipv4(frame: &[u8], l3: usize) -> Result<Packet, Malformed> {
     };
     if packet.fragment != Fragment::Whole {
         packet.fragment_id = be16(&header, 4) as u32;
+        packet.fragment_offset = (fragment_field & 0x1fff) << 3;
     }
     Ok(packet)
 }
@@ -360,6 +368,8 @@ fn ipv6(frame: &[u8], l3: usize) -> Result<Packet, Malformed> {
     if chain.fragment != Fragment::Whole {
         packet.fragment_id = chain.fragment_id;
         packet.fragment_protocol = chain.fragment_protocol;
+        packet.fragment_start = chain.fragment_start;
+        packet.fragment_offset = chain.fragment_offset;
     }
     Ok(packet)
 }
@@ -373,6 +383,10 @@ struct Chain {
     fragment: Fragment,
     fragment_id: u32,
     fragment_protocol: u8,
+    /// Offset just past the fragment header, when there is one.
+    fragment_start: usize,
+    /// Fragment offset of the fragment header in bytes, when there is one.
+    fragment_offset: u16,
 }
 
 /// Walks at most `IPV6_EXT_MAX_DEPTH` extension headers from `offset`, which must end by
@@ -390,6 +404,8 @@ fn extensions(
         fragment: Fragment::Whole,
         fragment_id: 0,
         fragment_protocol: next_header,
+        fragment_start: offset,
+        fragment_offset: 0,
     };
     let mut fragment_seen = false;
     for index in 0..IPV6_EXT_MAX_DEPTH {
@@ -409,6 +425,8 @@ fn extensions(
             next_header = fragment[0];
             offset += 8;
             chain.fragment_protocol = next_header;
+            chain.fragment_start = offset;
+            chain.fragment_offset = field & 0xfff8;
             chain.fragment_id =
                 u32::from_be_bytes([fragment[4], fragment[5], fragment[6], fragment[7]]);
             if field & 0xfff8 != 0 {
@@ -754,24 +772,29 @@ impl Run<'_> {
             } else {
                 counters::PASS_MONITOR as u8
             },
-            _pad: [0; 6],
+            first_len: (packet.ip_end - packet.fragment_start) as u16,
+            _pad: [0; 4],
         };
         let key = fragment_key(network, packet);
-        if let Some(earlier) = self.state.fragments.get(&key) {
+        if let Some(earlier) = self.state.fragments.get(&key)
+            && fragment_fresh(earlier, self.now_boot_ns)
+        {
             let agrees = earlier.allowed == value.allowed
                 && earlier.counter == value.counter
                 && earlier.device_id == value.device_id
                 && earlier.resource_id == value.resource_id;
-            if fragment_fresh(earlier, self.now_boot_ns) && !agrees {
+            if !agrees {
                 value.allowed = 0;
             }
+            value.first_len = value.first_len.max(earlier.first_len);
         }
         self.state.fragments.insert(key, value);
     }
 
     /// Passes a later fragment only when its datagram's first fragment passed, was recorded
-    /// less than `FRAGMENT_TIMEOUT_NS` ago, and that pass is still valid. Drops every other
-    /// later fragment as `deny_fragment`, in monitor mode too.
+    /// less than `FRAGMENT_TIMEOUT_NS` ago, and that pass is still valid, and when it starts
+    /// past the first fragment's data. Drops every other later fragment as `deny_fragment`,
+    /// in monitor mode too.
     fn later_fragment(&mut self, link: LinkKind, network: &Network, packet: &Packet) -> Verdict {
         let recorded = self
             .state
@@ -782,6 +805,7 @@ impl Run<'_> {
             Some(value)
                 if value.allowed != 0
                     && fragment_fresh(&value, self.now_boot_ns)
+                    && packet.fragment_offset >= value.first_len
                     && self.first_fragment_holds(link, network, &value) =>
             {
                 return (XdpAction::Pass, value.counter as u32, None, None);
@@ -1183,6 +1207,19 @@ mod tests {
         assert_eq!(outcome.verdict_counter, counters::PASS_UNPROTECTED);
         let later = fragment_frame(CLIENT_MAC, 3, false);
         let outcome = classify(&later, LinkKind::Ethernet, &tables, &mut state, 30);
+        assert_eq!(outcome.action, XdpAction::Drop);
+        assert_eq!(outcome.verdict_counter, counters::DENY_FRAGMENT);
+    }
+
+    #[test]
+    fn later_fragment_denied_when_overlapping_first() {
+        // The first fragment carries 24 bytes of data, so offset 2 (16 bytes) overlaps it.
+        let tables = fragment_tables(100);
+        let mut state = State::default();
+        let first = fragment_frame(CLIENT_MAC, 0, true);
+        classify(&first, LinkKind::Ethernet, &tables, &mut state, 10);
+        let overlapping = fragment_frame(CLIENT_MAC, 2, false);
+        let outcome = classify(&overlapping, LinkKind::Ethernet, &tables, &mut state, 20);
         assert_eq!(outcome.action, XdpAction::Drop);
         assert_eq!(outcome.verdict_counter, counters::DENY_FRAGMENT);
     }
