@@ -386,7 +386,8 @@ fn fragment_fresh(recorded: &FragmentValue, now: u64) -> bool {
 /// of a datagram, and not always the one recorded last, so a first fragment classified
 /// otherwise than a fresh record of the same datagram turns the record into a deny.
 // NOTE: the conflict is not seen when `FRAGMENTS`, an LRU map, has evicted the earlier record
-// because over 65,536 other first fragments arrived in between.
+// because over 65,536 other first fragments arrived in between, nor when two CPUs record the
+// same datagram at once.
 #[inline(always)]
 fn record_fragment(network: &Network, packet: &Packet, decision: &Decision) {
     let allowed = decision.reason.is_none() || decision.monitor(&config());
