@@ -265,3 +265,70 @@ fn daemon_with_other_store_cannot_take_pins() {
         "the second daemon's empty policy opened the gate"
     );
 }
+
+#[test]
+fn pinned_maps_of_another_layout_are_refused() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    grant(&lab, "laptop");
+    lab.stop("TERM");
+
+    // A release whose fragment records were 16 bytes left this pin behind. The pinned
+    // program still uses its own map; only the pin path now names one of the old layout.
+    let pin = lab.pin_folder().join("FRAGMENTS");
+    std::fs::remove_file(&pin).unwrap();
+    let created = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "lru_hash",
+            "key",
+            "40",
+            "value",
+            "16",
+            "entries",
+            "1024",
+            "name",
+            "FRAGMENTS",
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "bpftool: {}", text(&created));
+
+    let output = lab.spawn_daemon().wait_with_output().unwrap();
+    assert!(!output.status.success(), "the daemon must refuse the pins");
+    let log = lab.log();
+    assert!(
+        log.contains(
+            "map FRAGMENTS has 40-byte keys and 16-byte values, this program needs 40 and 24"
+        ) && log.contains("enforcer detach"),
+        "the error must name the map, both layouts and the fix:\n{log}"
+    );
+    assert!(
+        lab.ping_from(CLIENT),
+        "the pinned program must keep enforcing: the session passes"
+    );
+    assert!(
+        !lab.ping_from(CLIENT_2),
+        "the pinned program must keep enforcing: no session, no pass"
+    );
+
+    let detached = std::process::Command::new(controller_support::ENFORCER)
+        .args(["detach", "--config"])
+        .arg(lab.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        detached.status.success(),
+        "detach failed: {}",
+        text(&detached)
+    );
+    lab.start();
+    assert_eq!(lab.cli_json(&["status"])["adopted"], false);
+    assert!(
+        lab.ping_from(CLIENT),
+        "the stored session must pass on the new program"
+    );
+    assert!(!lab.ping_from(CLIENT_2));
+}

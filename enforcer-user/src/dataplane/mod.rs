@@ -63,6 +63,13 @@ pub enum DataplaneError {
         program_id: u32,
         program: String,
     },
+    #[error(
+        "the XDP program pinned in {folder} keeps enforcing, but this enforcer's program does not load against its pinned maps ({reason}), most likely because a map layout changed between releases; to replace it, run `enforcer detach` with the same --config and then `enforcer run` (nothing is enforced in between)"
+    )]
+    IncompatiblePins {
+        folder: std::path::PathBuf,
+        reason: String,
+    },
     #[error("failed to access map {name}: {source}")]
     Map {
         name: &'static str,
