@@ -290,8 +290,7 @@ fn upgrade(
         .map_err(|err| incompatible(err.to_string()))?;
     let program = super::program_mut(&mut ebpf, program_name)?;
     program.load().map_err(|err| {
-        // The verifier's log names the map access that failed; it goes to the log, and the
-        // error keeps to one line.
+        // The verifier's full log goes to the debug log, so that the error stays one line.
         tracing::debug!(error = ?err, "loading {program_name} against the pinned maps failed");
         incompatible(first_line(&err.to_string()))
     })?;
@@ -302,8 +301,8 @@ fn upgrade(
     if Some(info.tag()) == pinned_tag {
         return Ok(None);
     }
-    // NOTE: no test swaps a different program in here, because the tests have only one program
-    // build; a pinned map whose layout changed fails above and is tested.
+    // NOTE: no test swaps in a different program here, because the tests have only one
+    // program build. The refusal of pinned maps of another layout, above, is tested.
 
     let xdp_link = aya::programs::xdp::XdpLink::try_from(link)
         .map_err(|err| pin_error(&folder.join(LINK_PIN), err))?;
@@ -381,9 +380,8 @@ fn first_line(message: &str) -> String {
 }
 
 /// Checks that every pinned map has the key and value sizes that this binary's XDP program
-/// declares. aya reuses a pinned map without comparing its layout, and a program whose map
-/// values grew would then read past them, or user space would write entries the kernel
-/// rejects.
+/// declares. aya reuses a pinned map without comparing its layout. A larger value then fails
+/// in the verifier with an unreadable log, and a larger key loads and looks up wrong bytes.
 fn check_pinned_layouts(folder: &Path, object: &[u8]) -> Result<(), DataplaneError> {
     let incompatible = |reason: String| DataplaneError::IncompatiblePins {
         folder: folder.to_path_buf(),
