@@ -144,6 +144,11 @@ async fn webhook_retries_until_delivered() {
     let dir = TempDir::new("webhook").expect("create a scratch folder");
     let secret_path = dir.path().join("webhook-secret");
     std::fs::write(&secret_path, format!("{WEBHOOK_SECRET}\n")).expect("write the secret");
+    std::fs::set_permissions(
+        &secret_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("make the secret private");
     let webhook = WebhookConfig {
         secret_file: Some(secret_path),
         secret_env: None,

@@ -73,6 +73,10 @@ pub enum WebhookError {
         reason: std::io::Error,
     },
     #[error(
+        "the webhook secret file {path} has mode {mode:o}, so other users can read or change it; run `chmod 600 {path}` and give the receiver a new secret"
+    )]
+    SecretFileMode { path: String, mode: u32 },
+    #[error(
         "the webhook secret environment variable {name} is not set or empty; export it before starting the daemon"
     )]
     SecretEnv { name: String },
@@ -169,11 +173,7 @@ impl WebhookConfig {
             (Some(_), Some(_)) => return Err(WebhookError::TwoSecrets),
             (None, None) => return Err(WebhookError::MissingSecret),
             (Some(path), None) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|reason| WebhookError::SecretFile {
-                        path: path.display().to_string(),
-                        reason,
-                    })?;
+                let text = read_private_file(path)?;
                 (
                     text.trim_end_matches(['\r', '\n']).to_owned(),
                     path.display().to_string(),
@@ -192,6 +192,29 @@ impl WebhookConfig {
         }
         Ok(WebhookSecret::new(secret))
     }
+}
+
+/// Reads the secret file at `path`, which users other than its owner and group may not
+/// read or write, because whoever reads the secret can forge signed deliveries.
+fn read_private_file(path: &std::path::Path) -> Result<String, WebhookError> {
+    use std::{io::Read as _, os::unix::fs::PermissionsExt as _};
+
+    let read_error = |reason| WebhookError::SecretFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    // The mode is checked on the opened file, so a rename in between cannot swap it.
+    let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(WebhookError::SecretFileMode {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    Ok(text)
 }
 
 fn default_max_attempts() -> u32 {
@@ -451,10 +474,48 @@ mod tests {
         let dir = tempfile::tempdir().expect("create a scratch folder");
         let path = dir.path().join("secret");
         std::fs::write(&path, "short\n").expect("write the secret");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("make the secret private");
         config.secret_file = Some(path);
         assert!(matches!(
             config.load_secret(),
             Err(WebhookError::ShortSecret { length: 5, .. })
         ));
+
+        std::fs::write(config.secret_file.as_ref().unwrap(), "").expect("empty the secret");
+        assert!(matches!(
+            config.load_secret(),
+            Err(WebhookError::ShortSecret { length: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn load_secret_rejects_world_readable_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let dir = tempfile::tempdir().expect("create a scratch folder");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, format!("{SECRET}\n")).expect("write the secret");
+        let mut config: WebhookConfig =
+            toml::from_str("url = \"http://127.0.0.1:1/\"\n").expect("webhook config parses");
+        config.secret_file = Some(path.clone());
+
+        for mode in [0o604, 0o644, 0o602, 0o666] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .expect("change the mode");
+            let err = config
+                .load_secret()
+                .expect_err("other users can access the file");
+            assert!(
+                matches!(err, WebhookError::SecretFileMode { mode: found, .. } if found == mode),
+                "mode {mode:o}: {err}"
+            );
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+        for mode in [0o600, 0o640, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .expect("change the mode");
+            assert!(config.load_secret().is_ok(), "mode {mode:o} is accepted");
+        }
     }
 }
