@@ -88,10 +88,16 @@ async fn lab() -> Lab {
 
 /// Starts the IdP and a portal whose `[idp]` section ends with `extra_idp_config`.
 async fn lab_with(extra_idp_config: &str) -> Lab {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    lab_listening("127.0.0.1:0", extra_idp_config).await
+}
+
+/// Starts the IdP and a portal listening on `listen`, reached at 127.0.0.1.
+async fn lab_listening(listen: &str, extra_idp_config: &str) -> Lab {
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .expect("bind the portal");
-    let portal_url = format!("http://{}", listener.local_addr().expect("portal address"));
+    let port = listener.local_addr().expect("portal address").port();
+    let portal_url = format!("http://127.0.0.1:{port}");
     let redirect = format!("{portal_url}/callback");
     let idp_server =
         oidc::start_provider(std::slice::from_ref(&redirect)).expect("start the test IdP");
@@ -541,4 +547,23 @@ async fn device_sign_in_over_total_limit_gets_429() {
         body.contains("the gateway already has 1 device sign-ins in progress"),
         "{body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_portal_sees_ipv4_device() {
+    // On a socket bound to [::], an IPv4 client's address is IPv4-mapped (::ffff:127.0.0.1).
+    let lab = lab_listening("[::]:0", "").await;
+    let device_1 = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let status = device_1
+        .get(format!("{}/", lab.portal_url))
+        .send()
+        .await
+        .expect("GET / from device 1");
+    let code = status.status();
+    let body = status.text().await.expect("status page");
+    assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+    assert!(body.contains("laptop-1"), "{body}");
+
+    let login = post_login(&lab, &device_1).await;
+    assert_eq!(login.status(), reqwest::StatusCode::SEE_OTHER);
 }

@@ -300,17 +300,24 @@ fn respond(format: Format, body: String) -> Response {
     (content_type(format), body).into_response()
 }
 
+/// Returns the source address of a request as the data path sees it. A socket bound to
+/// `[::]` reports an IPv4 client as IPv4-mapped (`::ffff:192.0.2.7`), but devices, the kernel
+/// device map and `enroll_from` use the IPv4 address.
+fn source_address(address: SocketAddr) -> IpAddr {
+    address.ip().to_canonical()
+}
+
 /// Returns the enrolled device of the request's source address, or 403 for an address with
 /// none. Prompts, events and snoozes need an enrolled device.
 fn identify(portal: &Portal, address: SocketAddr, format: Format) -> Result<u32, PortalError> {
+    let address = source_address(address);
     portal
         .gateway
-        .device_for_address(address.ip())
+        .device_for_address(address)
         .ok_or_else(|| {
-            let message = match portal.gateway.check_enrollment(address.ip()) {
+            let message = match portal.gateway.check_enrollment(address) {
                 Ok(()) => format!(
-                    "no device is enrolled with address {} yet; sign in at the portal to enroll it",
-                    address.ip()
+                    "no device is enrolled with address {address} yet; sign in at the portal to enroll it"
                 ),
                 Err(message) => message,
             };
@@ -326,7 +333,7 @@ fn login_origin(
     address: SocketAddr,
     format: Format,
 ) -> Result<LoginOrigin, PortalError> {
-    let address = address.ip();
+    let address = source_address(address);
     if let Some(device_id) = portal.gateway.device_for_address(address) {
         return Ok(LoginOrigin {
             device_id: Some(device_id),
