@@ -549,6 +549,45 @@ async fn device_sign_in_over_total_limit_gets_429() {
     );
 }
 
+/// Returns the user code of a device sign-in page in plain text.
+fn user_code(body: &str) -> Option<String> {
+    let rest = body.split("enter the code ").nth(1)?;
+    rest.split_whitespace().next().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_device_sign_ins_respect_limits() {
+    let lab = lab_with("max_pending_logins = 1\n").await;
+    let mut requests = tokio::task::JoinSet::new();
+    for index in 0..8u8 {
+        let client = client_from(Ipv4Addr::new(127, 0, 0, 1 + index % 2));
+        let url = format!("{}/device", lab.portal_url);
+        requests.spawn(async move {
+            let response = client.post(url).send().await.expect("POST /device");
+            let status = response.status();
+            (status, response.text().await.expect("device sign-in page"))
+        });
+    }
+    let mut codes = std::collections::HashSet::new();
+    let mut rejected = 0;
+    while let Some(result) = requests.join_next().await {
+        let (status, body) = result.expect("request task");
+        match status {
+            reqwest::StatusCode::OK => {
+                codes.insert(user_code(&body).expect("the page shows a user code"));
+            }
+            reqwest::StatusCode::TOO_MANY_REQUESTS => rejected += 1,
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(
+        codes.len(),
+        1,
+        "max_pending_logins = 1 allows one device grant in progress, got {codes:?}"
+    );
+    assert!(rejected >= 1, "requests from the other device get 429");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dual_stack_portal_sees_ipv4_device() {
     // On a socket bound to [::], an IPv4 client's address is IPv4-mapped (::ffff:127.0.0.1).

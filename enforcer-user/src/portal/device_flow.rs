@@ -16,8 +16,8 @@ use axum::{
 use tracing::{info, warn};
 
 use super::{
-    Format, LoginQuery, OriginKey, Portal, PortalError, PortalState, SessionView, login_origin,
-    render, respond, sign_in_failed,
+    DeviceGrantSlot, Format, LoginQuery, OriginKey, Portal, PortalError, PortalState, SessionView,
+    login_origin, render, respond, sign_in_failed,
 };
 use crate::{
     idp::{DeviceAuthorization, IdentityProvider, LoginOptions, LoginOrigin, pending::unix_ms},
@@ -65,27 +65,41 @@ pub(super) async fn start(
     let format = Format::from_headers(&headers);
     let origin = login_origin(&portal, address, format)?;
     let base_url = portal.base_url(&headers);
-    if let Some(waiting @ DeviceGrant::Waiting { .. }) = portal.device_grant(origin.into()) {
-        return Ok(respond(
-            format,
-            render::device_grant(format, Some(&waiting), &base_url),
-        ));
-    }
     // One grant per device (or address) is in progress at a time, and `max_pending_logins`
     // on the gateway, because each one polls the IdP.
     let limit = portal.pending.limits().total;
-    if portal.waiting_device_grants() >= limit {
-        warn!(%origin, limit, "rejected a device sign-in over the limit of grants in progress");
-        let mut rejected = PortalError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "the gateway already has {limit} device sign-ins in progress; try again in a minute"
-            ),
-            format,
-        );
-        rejected.retry_after = Some(Duration::from_secs(60));
-        return Err(rejected);
-    }
+    let _starting = match portal.reserve_device_grant(origin.into(), limit) {
+        DeviceGrantSlot::Reserved(guard) => guard,
+        DeviceGrantSlot::Waiting(waiting) => {
+            return Ok(respond(
+                format,
+                render::device_grant(format, Some(&waiting), &base_url),
+            ));
+        }
+        DeviceGrantSlot::Starting => {
+            let mut rejected = PortalError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "a device sign-in from this address is being started; run `curl {base_url}/device` in a second to see its code"
+                ),
+                format,
+            );
+            rejected.retry_after = Some(Duration::from_secs(1));
+            return Err(rejected);
+        }
+        DeviceGrantSlot::Full { limit } => {
+            warn!(%origin, limit, "rejected a device sign-in over the limit of grants in progress");
+            let mut rejected = PortalError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the gateway already has {limit} device sign-ins in progress; try again in a minute"
+                ),
+                format,
+            );
+            rejected.retry_after = Some(Duration::from_secs(60));
+            return Err(rejected);
+        }
+    };
     let mfa = query.mfa(&portal, origin);
     let idp = portal.idp(format)?;
     let authorization = idp

@@ -11,7 +11,7 @@ mod events;
 pub mod gateway;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime},
@@ -108,7 +108,53 @@ pub struct Portal {
     responder: OnceLock<Arc<Responder>>,
     pub pending: PendingLogins,
     pub gateway: Arc<dyn Gateway>,
-    device_grants: Mutex<HashMap<OriginKey, DeviceGrant>>,
+    device_grants: Mutex<DeviceGrants>,
+}
+
+/// Device authorization grants by origin, behind one lock so that the limits are checked
+/// and a slot is taken in one step.
+#[derive(Default)]
+struct DeviceGrants {
+    /// The latest grant of each origin: waiting for its user, or finished.
+    grants: HashMap<OriginKey, DeviceGrant>,
+    /// Origins whose grant the portal is requesting from the IdP, which count as waiting.
+    starting: HashSet<OriginKey>,
+}
+
+impl DeviceGrants {
+    fn waiting(&self) -> usize {
+        let waiting = self
+            .grants
+            .values()
+            .filter(|grant| matches!(grant, DeviceGrant::Waiting { .. }))
+            .count();
+        waiting + self.starting.len()
+    }
+}
+
+/// Outcome of `Portal::reserve_device_grant`.
+pub(crate) enum DeviceGrantSlot<'a> {
+    /// The origin may start a grant. The slot is released when the guard drops, also when
+    /// the request is cancelled.
+    Reserved(StartingGuard<'a>),
+    /// The origin already has this grant waiting for its user.
+    Waiting(DeviceGrant),
+    /// The origin's grant is being requested from the IdP by another request.
+    Starting,
+    /// The gateway has `limit` grants waiting or starting.
+    Full { limit: usize },
+}
+
+/// Reservation of an origin's grant while the portal requests it from the IdP.
+pub(crate) struct StartingGuard<'a> {
+    portal: &'a Portal,
+    key: OriginKey,
+}
+
+impl Drop for StartingGuard<'_> {
+    fn drop(&mut self) {
+        self.portal.lock_device_grants().starting.remove(&self.key);
+    }
 }
 
 /// Key of per-device state of the portal: the enrolled device, or the address of an
@@ -147,7 +193,7 @@ impl Portal {
             responder: OnceLock::new(),
             pending,
             gateway,
-            device_grants: Mutex::new(HashMap::new()),
+            device_grants: Mutex::default(),
         })
     }
 
@@ -198,29 +244,36 @@ impl Portal {
         format!("http://{host}")
     }
 
-    fn device_grant(&self, key: OriginKey) -> Option<DeviceGrant> {
+    fn lock_device_grants(&self) -> std::sync::MutexGuard<'_, DeviceGrants> {
         self.device_grants
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&key)
-            .cloned()
     }
 
-    /// Returns how many device authorization grants are waiting for their user.
-    fn waiting_device_grants(&self) -> usize {
-        self.device_grants
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .filter(|grant| matches!(grant, DeviceGrant::Waiting { .. }))
-            .count()
+    fn device_grant(&self, key: OriginKey) -> Option<DeviceGrant> {
+        self.lock_device_grants().grants.get(&key).cloned()
+    }
+
+    /// Takes the slot of a new device authorization grant for `key`, unless `key` has one
+    /// waiting or starting, or the gateway has `limit` waiting or starting. The check and the
+    /// reservation happen under one lock, so concurrent requests cannot pass the limit.
+    pub(crate) fn reserve_device_grant(&self, key: OriginKey, limit: usize) -> DeviceGrantSlot<'_> {
+        let mut grants = self.lock_device_grants();
+        if let Some(waiting @ DeviceGrant::Waiting { .. }) = grants.grants.get(&key) {
+            return DeviceGrantSlot::Waiting(waiting.clone());
+        }
+        if grants.starting.contains(&key) {
+            return DeviceGrantSlot::Starting;
+        }
+        if grants.waiting() >= limit {
+            return DeviceGrantSlot::Full { limit };
+        }
+        grants.starting.insert(key);
+        DeviceGrantSlot::Reserved(StartingGuard { portal: self, key })
     }
 
     fn set_device_grant(&self, key: OriginKey, grant: DeviceGrant) {
-        self.device_grants
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(key, grant);
+        self.lock_device_grants().grants.insert(key, grant);
     }
 }
 
