@@ -34,7 +34,8 @@ impl<M: KernelMaps> Engine<M> {
     /// transaction commits the device, the user, the authentication, the sessions and two
     /// audit entries (`enrollment` and `sign_in`). On any failure the kernel entries are
     /// removed again and nothing is committed. The policy must allow enrollment from
-    /// `address` (`enroll_on_first_sign_in`, `enroll_from`).
+    /// `address` (`enroll_on_first_sign_in`, `enroll_from`), and the user must have fewer
+    /// than `enroll_max_devices_per_user` devices enrolled by sign-in.
     pub fn enroll_and_sign_in(
         &mut self,
         address: IpAddr,
@@ -67,6 +68,23 @@ impl<M: KernelMaps> Engine<M> {
             .email
             .clone()
             .unwrap_or_else(|| user.key.subject.clone());
+        let limit = self.policy.enrollment.max_devices_per_user;
+        let enrolled = self
+            .store
+            .devices()?
+            .iter()
+            .filter(|device| {
+                device.source == EnrollmentSource::SignIn
+                    && device.owner.as_deref() == Some(owner.as_str())
+            })
+            .count();
+        if enrolled >= limit {
+            let reason = format!(
+                "{owner} already enrolled {enrolled} devices by signing in, the limit of `enroll_max_devices_per_user` ({limit}); ask an administrator to remove unused ones (`enforcer device remove`) or to enroll this one"
+            );
+            self.audit_rejected_enrollment(&actor, address, &reason);
+            return Err(EngineError::Denied(reason));
+        }
         let mut txn = self.store.begin_write()?;
         let name = free_device_name(&self.store, &owner, address)?;
         let device = txn.enroll_device(NewDevice {
@@ -388,6 +406,47 @@ groups = ["staff"]
         assert!(store.sessions().expect("read").is_empty());
         assert!(store.users().expect("read").is_empty());
         assert_eq!(store.audit_tail(100).expect("read").len(), audit_before);
+    }
+
+    #[test]
+    fn enroll_over_user_device_limit_is_rejected() {
+        let policy = POLICY.replace(
+            "enroll_from = [\"192.0.2.0/25\"]",
+            "enroll_from = [\"192.0.2.0/25\"]\nenroll_max_devices_per_user = 2",
+        );
+        let mut fixture = fixture(&policy);
+        fixture.engine.reconcile().expect("reconcile");
+        for host in ["192.0.2.10", "192.0.2.11"] {
+            let report = fixture
+                .engine
+                .enroll_and_sign_in(address(host), alice(), auth())
+                .expect("enroll within the limit");
+            assert!(report.enrolled, "{host}");
+        }
+        let audit_before = fixture.engine.store().audit_tail(100).expect("read").len();
+
+        let err = fixture
+            .engine
+            .enroll_and_sign_in(address("192.0.2.12"), alice(), auth())
+            .expect_err("a third device is over the limit of 2");
+        assert!(matches!(err, EngineError::Denied(_)), "{err}");
+        assert!(
+            err.to_string().contains("enroll_max_devices_per_user"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("enforcer device remove"), "{err}");
+        assert_eq!(fixture.engine.maps().devices.len(), 2);
+        assert_eq!(fixture.engine.store().devices().expect("read").len(), 2);
+        let audit = fixture.engine.store().audit_tail(100).expect("read");
+        assert_eq!(audit.len(), audit_before + 1);
+        assert_eq!(audit.last().unwrap().kind, AuditKind::SignInRejected);
+
+        // An address that the user already enrolled still signs in.
+        let again = fixture
+            .engine
+            .enroll_and_sign_in(address("192.0.2.10"), alice(), auth())
+            .expect("sign in on an enrolled device");
+        assert!(!again.enrolled);
     }
 
     #[test]

@@ -199,15 +199,33 @@ pub struct Policy {
     pub enrollment: EnrollmentSettings,
 }
 
-/// `enroll_on_first_sign_in` and `enroll_from` of `[settings]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// `enroll_on_first_sign_in`, `enroll_from` and `enroll_max_devices_per_user` of
+/// `[settings]`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct EnrollmentSettings {
     /// A sign-in from an address with no enrolled device enrolls a device owned by the
     /// signed-in user.
     pub on_first_sign_in: bool,
     /// Source prefixes allowed to enroll that way; empty allows every address.
     pub from: Vec<IpNet>,
+    /// Maximum devices that one user may enroll that way (`enroll_max_devices_per_user`).
+    pub max_devices_per_user: usize,
 }
+
+impl Default for EnrollmentSettings {
+    fn default() -> Self {
+        Self {
+            on_first_sign_in: false,
+            from: Vec::new(),
+            max_devices_per_user: DEFAULT_MAX_DEVICES_PER_USER,
+        }
+    }
+}
+
+/// Default of `enroll_max_devices_per_user`. Without a limit, one user with many source
+/// addresses (an IPv6 prefix has plenty) could fill the kernel device map, 65536 entries per
+/// address family, and the session map, and so lock every other device out.
+pub const DEFAULT_MAX_DEVICES_PER_USER: usize = 10;
 
 impl Policy {
     /// Reads and validates the policy file at `path`.

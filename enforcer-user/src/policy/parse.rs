@@ -7,8 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    DEFAULT_MFA_AMR, Destination, EnrollmentSettings, ExpiryAction, MAX_SESSION, Policy,
-    PolicyDevice, PolicyError, Protocol, Resource,
+    DEFAULT_MAX_DEVICES_PER_USER, DEFAULT_MFA_AMR, Destination, EnrollmentSettings, ExpiryAction,
+    MAX_SESSION, Policy, PolicyDevice, PolicyError, Protocol, Resource,
 };
 
 #[derive(Deserialize)]
@@ -33,6 +33,7 @@ struct RawSettings {
     enroll_on_first_sign_in: bool,
     #[serde(default)]
     enroll_from: Vec<Spanned<String>>,
+    enroll_max_devices_per_user: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -181,9 +182,29 @@ fn parse_enrollment(errors: &mut Errors<'_>, raw: &RawSettings) -> EnrollmentSet
             "enroll_from is set but enroll_on_first_sign_in is not; set enroll_on_first_sign_in = true or remove enroll_from".to_owned(),
         );
     }
+    let mut max_devices_per_user = DEFAULT_MAX_DEVICES_PER_USER;
+    if let Some(limit) = &raw.enroll_max_devices_per_user {
+        match usize::try_from(*limit.get_ref()) {
+            Ok(value) if value >= 1 => max_devices_per_user = value,
+            _ => errors.push(
+                limit,
+                format!(
+                    "enroll_max_devices_per_user = {} is invalid: use a whole number of at least 1",
+                    limit.get_ref()
+                ),
+            ),
+        }
+        if !raw.enroll_on_first_sign_in {
+            errors.push(
+                limit,
+                "enroll_max_devices_per_user is set but enroll_on_first_sign_in is not; set enroll_on_first_sign_in = true or remove enroll_max_devices_per_user".to_owned(),
+            );
+        }
+    }
     EnrollmentSettings {
         on_first_sign_in: raw.enroll_on_first_sign_in,
         from,
+        max_devices_per_user,
     }
 }
 
@@ -654,6 +675,41 @@ mac = "02:00:5e:00:53:01"
         assert_eq!(errors[0].line, 3);
         assert!(
             errors[0].message.contains("192.0.2.0/33"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn enrollment_device_limit_parses() {
+        let policy =
+            parse("p.toml", "[settings]\nenroll_on_first_sign_in = true\n").expect("policy parses");
+        assert_eq!(
+            policy.enrollment.max_devices_per_user,
+            DEFAULT_MAX_DEVICES_PER_USER
+        );
+        let text = "[settings]\nenroll_on_first_sign_in = true\nenroll_max_devices_per_user = 3\n";
+        let policy = parse("p.toml", text).expect("policy parses");
+        assert_eq!(policy.enrollment.max_devices_per_user, 3);
+
+        for value in ["0", "-1"] {
+            let text = format!(
+                "[settings]\nenroll_on_first_sign_in = true\nenroll_max_devices_per_user = {value}\n"
+            );
+            let errors = parse("p.toml", &text).expect_err("the limit is invalid");
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].line, 3);
+            assert!(
+                errors[0].message.contains("at least 1"),
+                "{}",
+                errors[0].message
+            );
+        }
+
+        let errors = parse("p.toml", "[settings]\nenroll_max_devices_per_user = 3\n")
+            .expect_err("the limit needs the setting");
+        assert!(
+            errors[0].message.contains("enroll_on_first_sign_in = true"),
             "{}",
             errors[0].message
         );
