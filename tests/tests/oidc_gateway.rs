@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use controller_support::{CLIENT, Gateway, POLICY};
+use controller_support::{CLIENT, Gateway, POLICY, text};
 use enforcer_tests::{
     address,
     oidc::{self, Browser, NodeServer},
@@ -414,9 +414,18 @@ fn client_from(source: &str) -> reqwest::Client {
 }
 
 /// Signs `login` in from `client` through the portal's `/login`, the IdP's login form and
-/// the callback, and returns the callback's status and text. Until the daemon has discovered
-/// the IdP, `/login` returns 503, so it retries at most 50 times 200 ms apart.
+/// the callback, and returns the callback's status and text.
 async fn sign_in_from(client: &reqwest::Client, login: &str) -> (reqwest::StatusCode, String) {
+    let callback = start_sign_in_from(client, login).await;
+    let response = client.get(&callback).send().await.expect("the callback");
+    let status = response.status();
+    (status, response.text().await.expect("the result page"))
+}
+
+/// Starts a sign-in of `login` from `client` through the portal's `/login` and the IdP's
+/// login form, and returns the callback URL without requesting it. Until the daemon has
+/// discovered the IdP, `/login` returns 503, so it retries at most 50 times 200 ms apart.
+async fn start_sign_in_from(client: &reqwest::Client, login: &str) -> String {
     let mut response = None;
     for _ in 0..50 {
         let attempt = client
@@ -442,15 +451,30 @@ async fn sign_in_from(client: &reqwest::Client, login: &str) -> (reqwest::Status
         .and_then(|value| value.to_str().ok())
         .expect("the portal redirects to the IdP")
         .to_owned();
-    let callback = oidc::authorize(
+    oidc::authorize(
         client,
         &authorization,
         &format!("http://{PORTAL}/callback"),
         login,
     )
     .await
-    .expect("sign in at the IdP");
-    let response = client.get(&callback).send().await.expect("the callback");
+    .expect("sign in at the IdP")
+}
+
+/// Waits until the portal answers `client`, at most 50 tries of 200 ms.
+async fn wait_for_portal(client: &reqwest::Client) {
+    for _ in 0..50 {
+        if client.get(format!("http://{PORTAL}/")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the portal did not answer within 10 s");
+}
+
+/// Requests `callback` from `client` and returns its status and text.
+async fn get_text(client: &reqwest::Client, callback: &str) -> (reqwest::StatusCode, String) {
+    let response = client.get(callback).send().await.expect("the callback");
     let status = response.status();
     (status, response.text().await.expect("the result page"))
 }
@@ -591,4 +615,93 @@ async fn unenrolled_address_gets_403_when_off() {
     );
     let devices = gateway.cli_json(&["device", "list"]);
     assert_eq!(devices.as_array().map(Vec::len), Some(2), "{devices}");
+}
+
+#[tokio::test]
+async fn reload_off_before_callback_enrolls_nothing() {
+    let mut gateway = Gateway::new(ENROLL_POLICY);
+    address(&gateway.client, "c0", "192.0.2.4/24").expect("add the new client's address");
+    let _idp = start_with_idp(&mut gateway);
+
+    let inside = gateway.client.enter().expect("enter the client namespace");
+    let new_client = client_from(NEW_CLIENT);
+    wait_for_portal(&new_client).await;
+    let callback = start_sign_in_from(&new_client, "alice").await;
+    drop(inside);
+
+    let off = ENROLL_POLICY
+        .replace("enroll_on_first_sign_in = true\n", "")
+        .replace("enroll_from = [\"192.0.2.4/32\"]\n", "");
+    gateway.write_policy(&off);
+    let reload = gateway.cli(&["reload"]);
+    assert!(reload.status.success(), "{}", text(&reload));
+
+    let inside = gateway.client.enter().expect("enter the client namespace");
+    let (status, page) = get_text(&new_client, &callback).await;
+    drop(inside);
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("enroll_on_first_sign_in = true"), "{page}");
+    let devices = gateway.cli_json(&["device", "list"]);
+    assert_eq!(devices.as_array().map(Vec::len), Some(1), "{devices}");
+    assert!(
+        gateway.kernel_sessions().is_empty(),
+        "no session was opened"
+    );
+    assert!(!gateway.ping_from(NEW_CLIENT));
+
+    // The rejected callback left the sign-in in place, so it completes once enrollment is
+    // allowed again.
+    gateway.write_policy(ENROLL_POLICY);
+    let reload = gateway.cli(&["reload"]);
+    assert!(reload.status.success(), "{}", text(&reload));
+    let inside = gateway.client.enter().expect("enter the client namespace");
+    let (status, page) = get_text(&new_client, &callback).await;
+    drop(inside);
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}\n{}", gateway.log());
+    assert!(
+        page.contains("enrolled this device as alice-192.0.2.4"),
+        "{page}"
+    );
+    assert!(gateway.ping_from(NEW_CLIENT));
+}
+
+#[tokio::test]
+async fn admin_enroll_before_callback_rejects_other_user() {
+    let mut gateway = Gateway::new(ENROLL_POLICY);
+    address(&gateway.client, "c0", "192.0.2.4/24").expect("add the new client's address");
+    let _idp = start_with_idp(&mut gateway);
+
+    let inside = gateway.client.enter().expect("enter the client namespace");
+    let new_client = client_from(NEW_CLIENT);
+    wait_for_portal(&new_client).await;
+    let callback = start_sign_in_from(&new_client, "alice").await;
+    drop(inside);
+
+    let enroll = gateway.cli(&[
+        "device",
+        "enroll",
+        "bobs-desktop",
+        "--address",
+        NEW_CLIENT,
+        "--owner",
+        "bob@example.com",
+    ]);
+    assert!(enroll.status.success(), "{}", text(&enroll));
+    let bobs = device_id(&gateway, "bobs-desktop");
+
+    let inside = gateway.client.enter().expect("enter the client namespace");
+    let (status, page) = get_text(&new_client, &callback).await;
+    drop(inside);
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("belongs to bob@example.com"), "{page}");
+    let devices = gateway.cli_json(&["device", "list"]);
+    assert_eq!(devices.as_array().map(Vec::len), Some(2), "{devices}");
+    assert_eq!(kernel_sessions_of(&gateway, bobs), 0);
+    assert!(
+        gateway.kernel_sessions().is_empty(),
+        "no session was opened"
+    );
+    let audit = gateway.cli_json(&["audit", "-n", "1"]);
+    assert_eq!(audit[0]["kind"], "sign_in_rejected", "{audit}");
+    assert_eq!(audit[0]["device_id"], bobs, "{audit}");
 }
