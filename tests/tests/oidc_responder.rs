@@ -392,3 +392,118 @@ async fn portal_snooze_holds_prompts() {
         .expect("the punt is still recorded");
     assert!(prompt.snoozed_until.is_some());
 }
+
+/// Returns the Python receiver code of the sign-in guide, the `verify` function of its
+/// "Webhook signatures" section, exactly as documented.
+fn documented_python_verify() -> String {
+    let guide = include_str!("../../docs/sign-in.md");
+    let section = guide
+        .split("### Webhook signatures")
+        .nth(1)
+        .expect("the guide has a webhook signatures section");
+    let code = section
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section has a Python code block");
+    code.to_owned()
+}
+
+/// Starts a webhook receiver in Python on 127.0.0.1 that checks each delivery with the
+/// guide's `verify` and answers 204 when it passes and 401 when it fails. It serves at most
+/// `max_requests` requests, each within 30 s, then exits. Returns the process and its URL.
+fn start_documented_receiver(secret: &str, max_requests: usize) -> (std::process::Child, String) {
+    let receiver = r#"
+import http.server, sys
+
+secret = sys.argv[1].encode()
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(204 if verify(secret, self.headers, body) else 401)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+server.timeout = 30
+print(server.server_address[1], flush=True)
+for _ in range(int(sys.argv[2])):
+    server.handle_request()
+"#;
+    let script = format!("{}{receiver}", documented_python_verify());
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script, secret, &max_requests.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().expect("python3 stdout"))
+        .read_line(&mut port)
+        .expect("read the receiver's port");
+    let url = format!("http://127.0.0.1:{}/hook", port.trim());
+    (child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_python_recipe_verifies() {
+    let (mut receiver, url) = start_documented_receiver(WEBHOOK_SECRET, 2);
+    let dir = TempDir::new("webhook").expect("create a scratch folder");
+    let secret_path = dir.path().join("webhook-secret");
+    // An editor's trailing newline is not part of the secret.
+    std::fs::write(&secret_path, format!("{WEBHOOK_SECRET}\n")).expect("write the secret");
+    std::fs::set_permissions(
+        &secret_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("make the secret private");
+    let webhook = WebhookConfig {
+        secret_file: Some(secret_path.clone()),
+        secret_env: None,
+        url,
+        max_attempts: 1,
+        initial_backoff_ms: 10,
+        max_per_minute: 600,
+        timeout_secs: 5,
+        queue_length: 8,
+    };
+    let (responder, worker) =
+        Responder::new(config(Some(webhook.clone()))).expect("create the responder");
+    let (deliveries, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(worker.expect("a webhook worker").run(move |_, outcome| {
+        let _ = deliveries.send(outcome.clone());
+    }));
+    responder.record_punt(&punt(3, 10), Instant::now());
+    let outcome = tokio::time::timeout(Duration::from_secs(20), delivered.recv())
+        .await
+        .expect("a delivery within 20 s")
+        .expect("the worker reports the delivery");
+    assert_eq!(
+        outcome,
+        enforcer::responder::Delivery::Delivered { attempts: 1 },
+        "the guide's verify accepts the delivery"
+    );
+
+    // The same receiver rejects a delivery signed with another secret.
+    std::fs::write(&secret_path, "another-secret-0123456789abcdef0123").expect("write");
+    let (other, worker) = Responder::new(config(Some(webhook))).expect("create the responder");
+    let (deliveries, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(worker.expect("a webhook worker").run(move |_, outcome| {
+        let _ = deliveries.send(outcome.clone());
+    }));
+    other.record_punt(&punt(3, 10), Instant::now());
+    let outcome = tokio::time::timeout(Duration::from_secs(20), delivered.recv())
+        .await
+        .expect("a delivery within 20 s")
+        .expect("the worker reports the delivery");
+    assert_eq!(
+        outcome,
+        enforcer::responder::Delivery::Rejected { status: 401 },
+        "the guide's verify rejects a wrong signature"
+    );
+    receiver
+        .wait()
+        .expect("the receiver exits after two requests");
+}
