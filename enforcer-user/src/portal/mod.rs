@@ -11,7 +11,7 @@ mod events;
 pub mod gateway;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime},
@@ -119,6 +119,10 @@ struct DeviceGrants {
     grants: HashMap<OriginKey, DeviceGrant>,
     /// Origins whose grant the portal is requesting from the IdP, which count as waiting.
     starting: HashSet<OriginKey>,
+    /// Origins of finished grants in `grants`, oldest first. Only the newest
+    /// `max_pending_logins` outcomes are kept, because every address that may start a grant
+    /// would otherwise leave one behind for the life of the daemon.
+    finished: VecDeque<OriginKey>,
 }
 
 impl DeviceGrants {
@@ -272,8 +276,22 @@ impl Portal {
         DeviceGrantSlot::Reserved(StartingGuard { portal: self, key })
     }
 
+    /// Records `key`'s grant. A finished one drops the oldest finished outcome beyond
+    /// `max_pending_logins`, so a user whose result was dropped sees the device's sessions on
+    /// the status page instead.
     fn set_device_grant(&self, key: OriginKey, grant: DeviceGrant) {
-        self.lock_device_grants().grants.insert(key, grant);
+        let max_finished = self.pending.limits().total;
+        let mut grants = self.lock_device_grants();
+        grants.finished.retain(|finished| *finished != key);
+        if !matches!(grant, DeviceGrant::Waiting { .. }) {
+            grants.finished.push_back(key);
+        }
+        grants.grants.insert(key, grant);
+        while grants.finished.len() > max_finished {
+            if let Some(oldest) = grants.finished.pop_front() {
+                grants.grants.remove(&oldest);
+            }
+        }
     }
 }
 
@@ -564,4 +582,80 @@ async fn snooze(
         std::time::Instant::now(),
     );
     Ok(respond(format, render::snoozed(format, until)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::idp::PendingLimits;
+
+    struct NoDevices;
+
+    impl Gateway for NoDevices {
+        fn device_for_address(&self, _address: IpAddr) -> Option<u32> {
+            None
+        }
+
+        fn device_status(&self, device_id: u32) -> DeviceStatus {
+            DeviceStatus {
+                device_id,
+                ..DeviceStatus::default()
+            }
+        }
+
+        fn grant(
+            &self,
+            _origin: LoginOrigin,
+            _authentication: &Authentication,
+        ) -> Result<Granted, GrantRejected> {
+            Err(GrantRejected {
+                reason: "no devices".into(),
+            })
+        }
+    }
+
+    fn portal(total: usize) -> (Arc<Portal>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("create a scratch folder");
+        let store = crate::store::Store::open(&dir.path().join("store.redb")).expect("store");
+        let limits = PendingLimits {
+            per_device: 1,
+            total,
+        };
+        let pending = PendingLogins::with_limits(Arc::new(store), limits);
+        (Portal::without_idp(pending, Arc::new(NoDevices)), dir)
+    }
+
+    fn address_key(index: u32) -> OriginKey {
+        OriginKey::Address(IpAddr::V4(Ipv4Addr::from(0xc000_0200 + index)))
+    }
+
+    #[test]
+    fn finished_device_grants_stay_bounded() {
+        let (portal, _dir) = portal(5);
+        let waiting = DeviceGrant::Waiting {
+            verification_uri: "http://idp/device".into(),
+            verification_uri_complete: None,
+            user_code: "ABCD-EFGH".into(),
+            expires_at: SystemTime::now() + Duration::from_secs(600),
+        };
+        portal.set_device_grant(address_key(0), waiting);
+        for index in 1..=50 {
+            portal.set_device_grant(address_key(index), DeviceGrant::Failed("denied".into()));
+        }
+
+        let grants = portal.lock_device_grants();
+        assert_eq!(
+            grants.grants.len(),
+            6,
+            "the waiting grant and the 5 newest finished ones"
+        );
+        assert!(matches!(
+            grants.grants.get(&address_key(0)),
+            Some(DeviceGrant::Waiting { .. })
+        ));
+        assert!(grants.grants.contains_key(&address_key(50)));
+        assert!(!grants.grants.contains_key(&address_key(45)));
+    }
 }
