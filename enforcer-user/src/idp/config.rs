@@ -47,7 +47,8 @@ pub struct IdpConfig {
     /// further `/login` gets 429 until one completes or expires.
     #[serde(default = "default_max_pending_logins_per_device")]
     pub max_pending_logins_per_device: usize,
-    /// Sign-ins in progress allowed on the gateway, across all devices.
+    /// Sign-ins in progress allowed on the gateway, across all devices. Unenrolled addresses
+    /// together hold at most half of them (`PendingLimits::unenrolled`).
     #[serde(default = "default_max_pending_logins")]
     pub max_pending_logins: usize,
     /// Minimum time between two key set refetches caused by an unknown key id, in seconds.

@@ -82,6 +82,16 @@ pub enum IdpError {
         retry_after: Duration,
     },
 
+    #[error(
+        "unenrolled addresses already have {limit} sign-ins in progress, half of `max_pending_logins`; try again in {} s",
+        retry_after.as_secs()
+    )]
+    TooManyUnenrolledLogins {
+        limit: usize,
+        /// Time until the first of those sign-ins expires.
+        retry_after: Duration,
+    },
+
     #[error("the callback names issuer {found:?} but {expected:?} is configured")]
     CallbackIssuerMismatch { expected: String, found: String },
 

@@ -68,6 +68,22 @@ impl Default for PendingLimits {
     }
 }
 
+impl PendingLimits {
+    /// Returns the sign-ins in progress that unenrolled addresses may hold together: half of
+    /// `total`, rounded up. Anyone in `enroll_from` can start those, from as many addresses as
+    /// the prefix has, so they must not take the share of enrolled devices.
+    pub fn unenrolled(&self) -> usize {
+        self.total.div_ceil(2)
+    }
+}
+
+/// The limit that a new sign-in would exceed.
+enum Limit {
+    Origin(LoginOrigin, usize),
+    Unenrolled(usize),
+    Total(usize),
+}
+
 /// Default of `max_pending_logins_per_device`: enough for a user who opens the sign-in in a
 /// few tabs.
 pub const DEFAULT_MAX_PENDING_PER_DEVICE: usize = 5;
@@ -121,14 +137,21 @@ impl PendingLogins {
         }
 
         let own: Vec<&PendingLogin> = live.iter().filter(|other| origin.counts(other)).collect();
+        let unenrolled: Vec<&PendingLogin> = live
+            .iter()
+            .filter(|other| other.device_id.is_none())
+            .collect();
+        let unenrolled_limit = self.limits.unenrolled();
         let over = if own.len() >= self.limits.per_device {
-            Some((own, self.limits.per_device, Some(origin)))
+            Some((own, Limit::Origin(origin, self.limits.per_device)))
+        } else if origin.device_id.is_none() && unenrolled.len() >= unenrolled_limit {
+            Some((unenrolled, Limit::Unenrolled(unenrolled_limit)))
         } else if live.len() >= self.limits.total {
-            Some((live.iter().collect(), self.limits.total, None))
+            Some((live.iter().collect(), Limit::Total(self.limits.total)))
         } else {
             None
         };
-        if let Some((in_progress, limit, origin)) = over {
+        if let Some((in_progress, limit)) = over {
             // The purge of expired sign-ins is still worth keeping.
             txn.commit().map_err(IdpError::store)?;
             let first_expiry_ms = in_progress
@@ -137,10 +160,21 @@ impl PendingLogins {
                 .min()
                 .unwrap_or(now_ms);
             let retry_after = Duration::from_millis(first_expiry_ms - now_ms);
-            return Err(IdpError::TooManyPendingLogins {
-                origin,
-                limit,
-                retry_after: Duration::from_secs(retry_after.as_secs() + 1),
+            let retry_after = Duration::from_secs(retry_after.as_secs() + 1);
+            return Err(match limit {
+                Limit::Origin(origin, limit) => IdpError::TooManyPendingLogins {
+                    origin: Some(origin),
+                    limit,
+                    retry_after,
+                },
+                Limit::Unenrolled(limit) => {
+                    IdpError::TooManyUnenrolledLogins { limit, retry_after }
+                }
+                Limit::Total(limit) => IdpError::TooManyPendingLogins {
+                    origin: None,
+                    limit,
+                    retry_after,
+                },
             });
         }
 
@@ -368,6 +402,60 @@ mod tests {
                 })
             ),
             "{over:?}"
+        );
+    }
+
+    #[test]
+    fn unenrolled_take_half_of_total() {
+        let limits = PendingLimits {
+            per_device: 5,
+            total: 4,
+        };
+        let (pending, _dir) = pending(limits);
+        let unenrolled = |host: u8| LoginOrigin {
+            device_id: None,
+            address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + host)),
+        };
+        for host in 0..2 {
+            let origin = unenrolled(host);
+            create(
+                &pending,
+                &login_from(origin, &format!("u{host}"), 200_000),
+                origin,
+                100_000,
+            );
+        }
+        let flood = unenrolled(2);
+        let over = pending.create(&login_from(flood, "u2", 300_000), flood, at_ms(150_000));
+        assert!(
+            matches!(
+                over,
+                Err(IdpError::TooManyUnenrolledLogins { limit: 2, retry_after })
+                    if retry_after == Duration::from_secs(51)
+            ),
+            "{over:?}"
+        );
+        assert!(
+            over.unwrap_err()
+                .to_string()
+                .contains("unenrolled addresses"),
+            "the message names who is over the limit"
+        );
+
+        // Enrolled devices still have the other half.
+        create(&pending, &login("d1", 300_000), DEVICE, 150_000);
+        create(&pending, &login_from(OTHER, "o1", 300_000), OTHER, 150_000);
+        let full = pending.create(&login("d2", 300_000), DEVICE, at_ms(150_000));
+        assert!(
+            matches!(
+                full,
+                Err(IdpError::TooManyPendingLogins {
+                    origin: None,
+                    limit: 4,
+                    ..
+                })
+            ),
+            "{full:?}"
         );
     }
 

@@ -67,8 +67,7 @@ pub(super) async fn start(
     let base_url = portal.base_url(&headers);
     // One grant per device (or address) is in progress at a time, and `max_pending_logins`
     // on the gateway, because each one polls the IdP.
-    let limit = portal.pending.limits().total;
-    let _starting = match portal.reserve_device_grant(origin.into(), limit) {
+    let _starting = match portal.reserve_device_grant(origin.into()) {
         DeviceGrantSlot::Reserved(guard) => guard,
         DeviceGrantSlot::Waiting(waiting) => {
             return Ok(respond(
@@ -87,17 +86,23 @@ pub(super) async fn start(
             rejected.retry_after = Some(Duration::from_secs(1));
             return Err(rejected);
         }
+        DeviceGrantSlot::FullUnenrolled { limit } => {
+            return Err(over_limit(
+                origin,
+                format!(
+                    "unenrolled addresses already have {limit} device sign-ins in progress, half of `max_pending_logins`; try again in a minute"
+                ),
+                format,
+            ));
+        }
         DeviceGrantSlot::Full { limit } => {
-            warn!(%origin, limit, "rejected a device sign-in over the limit of grants in progress");
-            let mut rejected = PortalError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            return Err(over_limit(
+                origin,
                 format!(
                     "the gateway already has {limit} device sign-ins in progress; try again in a minute"
                 ),
                 format,
-            );
-            rejected.retry_after = Some(Duration::from_secs(60));
-            return Err(rejected);
+            ));
         }
     };
     let mfa = query.mfa(&portal, origin);
@@ -127,6 +132,14 @@ pub(super) async fn start(
         format,
         render::device_grant(format, Some(&waiting), &base_url),
     ))
+}
+
+/// Returns the 429 of a device sign-in over a limit of grants in progress, and logs it.
+fn over_limit(origin: LoginOrigin, message: String, format: Format) -> PortalError {
+    warn!(%origin, reason = %message, "rejected a device sign-in over the limit of grants in progress");
+    let mut rejected = PortalError::new(StatusCode::TOO_MANY_REQUESTS, message, format);
+    rejected.retry_after = Some(Duration::from_secs(60));
+    rejected
 }
 
 pub(super) async fn status(

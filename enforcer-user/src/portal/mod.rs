@@ -126,13 +126,14 @@ struct DeviceGrants {
 }
 
 impl DeviceGrants {
-    fn waiting(&self) -> usize {
+    /// Returns how many grants of the origins that `include` selects are waiting or starting.
+    fn waiting(&self, include: impl Fn(&OriginKey) -> bool) -> usize {
         let waiting = self
             .grants
-            .values()
-            .filter(|grant| matches!(grant, DeviceGrant::Waiting { .. }))
+            .iter()
+            .filter(|(key, grant)| include(key) && matches!(grant, DeviceGrant::Waiting { .. }))
             .count();
-        waiting + self.starting.len()
+        waiting + self.starting.iter().filter(|key| include(key)).count()
     }
 }
 
@@ -147,6 +148,9 @@ pub(crate) enum DeviceGrantSlot<'a> {
     Starting,
     /// The gateway has `limit` grants waiting or starting.
     Full { limit: usize },
+    /// Unenrolled addresses have `limit` grants waiting or starting, their share of the
+    /// gateway's limit (`PendingLimits::unenrolled`).
+    FullUnenrolled { limit: usize },
 }
 
 /// Reservation of an origin's grant while the portal requests it from the IdP.
@@ -259,9 +263,11 @@ impl Portal {
     }
 
     /// Takes the slot of a new device authorization grant for `key`, unless `key` has one
-    /// waiting or starting, or the gateway has `limit` waiting or starting. The check and the
-    /// reservation happen under one lock, so concurrent requests cannot pass the limit.
-    pub(crate) fn reserve_device_grant(&self, key: OriginKey, limit: usize) -> DeviceGrantSlot<'_> {
+    /// waiting or starting, or the gateway has `max_pending_logins` waiting or starting
+    /// (unenrolled addresses half of that). The check and the reservation happen under one
+    /// lock, so concurrent requests cannot pass the limits.
+    pub(crate) fn reserve_device_grant(&self, key: OriginKey) -> DeviceGrantSlot<'_> {
+        let limits = self.pending.limits();
         let mut grants = self.lock_device_grants();
         if let Some(waiting @ DeviceGrant::Waiting { .. }) = grants.grants.get(&key) {
             return DeviceGrantSlot::Waiting(waiting.clone());
@@ -269,8 +275,16 @@ impl Portal {
         if grants.starting.contains(&key) {
             return DeviceGrantSlot::Starting;
         }
-        if grants.waiting() >= limit {
-            return DeviceGrantSlot::Full { limit };
+        let unenrolled = |key: &OriginKey| matches!(key, OriginKey::Address(_));
+        if unenrolled(&key) && grants.waiting(unenrolled) >= limits.unenrolled() {
+            return DeviceGrantSlot::FullUnenrolled {
+                limit: limits.unenrolled(),
+            };
+        }
+        if grants.waiting(|_| true) >= limits.total {
+            return DeviceGrantSlot::Full {
+                limit: limits.total,
+            };
         }
         grants.starting.insert(key);
         DeviceGrantSlot::Reserved(StartingGuard { portal: self, key })
@@ -490,7 +504,9 @@ async fn login(
 /// Maps a failure to start a sign-in to 429 with `Retry-After` when `origin` or the gateway
 /// has too many in progress, or else to 503.
 fn login_failed(origin: LoginOrigin, err: IdpError, format: Format) -> PortalError {
-    if let IdpError::TooManyPendingLogins { retry_after, .. } = &err {
+    if let IdpError::TooManyPendingLogins { retry_after, .. }
+    | IdpError::TooManyUnenrolledLogins { retry_after, .. } = &err
+    {
         warn!(%origin, error = %err, "rejected a sign-in over the limit of sign-ins in progress");
         let mut rejected = PortalError::new(StatusCode::TOO_MANY_REQUESTS, err.to_string(), format);
         rejected.retry_after = Some(*retry_after);
@@ -629,6 +645,29 @@ mod tests {
 
     fn address_key(index: u32) -> OriginKey {
         OriginKey::Address(IpAddr::V4(Ipv4Addr::from(0xc000_0200 + index)))
+    }
+
+    #[test]
+    fn unenrolled_device_grants_take_half() {
+        let (portal, _dir) = portal(4);
+        let first = portal.reserve_device_grant(address_key(1));
+        let second = portal.reserve_device_grant(address_key(2));
+        assert!(matches!(first, DeviceGrantSlot::Reserved(_)));
+        assert!(matches!(second, DeviceGrantSlot::Reserved(_)));
+        let over = portal.reserve_device_grant(address_key(3));
+        assert!(matches!(over, DeviceGrantSlot::FullUnenrolled { limit: 2 }));
+
+        let device = portal.reserve_device_grant(OriginKey::Device(7));
+        assert!(
+            matches!(device, DeviceGrantSlot::Reserved(_)),
+            "enrolled devices keep their share"
+        );
+        drop(first);
+        let after = portal.reserve_device_grant(address_key(3));
+        assert!(
+            matches!(after, DeviceGrantSlot::Reserved(_)),
+            "a dropped reservation frees its slot"
+        );
     }
 
     #[test]
