@@ -127,10 +127,12 @@ impl PendingLogins {
         let now_ms = unix_ms(now);
         let mut txn = self.store.begin_write().map_err(IdpError::store)?;
         let mut live = Vec::new();
+        let mut purged = 0;
         for existing in txn.pending_logins().map_err(IdpError::store)? {
             if existing.expires_unix_ms <= now_ms {
                 txn.take_pending_login(&existing.state)
                     .map_err(IdpError::store)?;
+                purged += 1;
             } else {
                 live.push(existing);
             }
@@ -152,8 +154,13 @@ impl PendingLogins {
             None
         };
         if let Some((in_progress, limit)) = over {
-            // The purge of expired sign-ins is still worth keeping.
-            txn.commit().map_err(IdpError::store)?;
+            // The purge of expired sign-ins is still worth keeping, but a rejection that
+            // purged nothing commits nothing, so a flood of them costs no disk writes.
+            if purged > 0 {
+                txn.commit().map_err(IdpError::store)?;
+            } else {
+                txn.abort().map_err(IdpError::store)?;
+            }
             let first_expiry_ms = in_progress
                 .iter()
                 .map(|other| other.expires_unix_ms)
@@ -457,6 +464,29 @@ mod tests {
             ),
             "{full:?}"
         );
+    }
+
+    #[test]
+    fn rejected_create_writes_nothing() {
+        let limits = PendingLimits {
+            per_device: 1,
+            total: 10,
+        };
+        let dir = tempfile::tempdir().expect("create a scratch folder");
+        let path = dir.path().join("store.redb");
+        let store = Store::open(&path).expect("open the store");
+        let pending = PendingLogins::with_limits(Arc::new(store), limits);
+        create(&pending, &login("s1", 200_000), DEVICE, 100_000);
+        let written = std::fs::metadata(&path).and_then(|meta| meta.modified());
+
+        // A flood of rejected sign-ins must not cost a durable commit each.
+        std::thread::sleep(Duration::from_millis(20));
+        for n in 0..20 {
+            let over = pending.create(&login(&format!("x{n}"), 300_000), DEVICE, at_ms(150_000));
+            assert!(matches!(over, Err(IdpError::TooManyPendingLogins { .. })));
+        }
+        let after = std::fs::metadata(&path).and_then(|meta| meta.modified());
+        assert_eq!(after.ok(), written.ok(), "the store file was written");
     }
 
     #[test]
