@@ -450,6 +450,46 @@ groups = ["staff"]
     }
 
     #[test]
+    fn enroll_interrupted_before_commit_is_undone() {
+        // The kernel entries of an enrollment whose daemon died before the store commit: the
+        // maps of a completed enrollment beside a store that never saw it.
+        let mut completed = ready();
+        completed
+            .engine
+            .enroll_and_sign_in(address("192.0.2.50"), alice(), auth())
+            .expect("enroll");
+        let crashed_maps = completed.engine.maps().clone();
+        let mut restarted = ready();
+        *restarted.engine.maps_mut() = crashed_maps;
+
+        let report = restarted.engine.reconcile().expect("reconcile at start");
+        assert_eq!(report.devices_removed, 1);
+        assert_eq!(report.sessions_removed, 2);
+        assert!(restarted.engine.maps().devices.is_empty());
+        assert!(restarted.engine.maps().sessions.is_empty());
+
+        // The next enrollment takes the same device id, and the kernel matches the store.
+        let again = restarted
+            .engine
+            .enroll_and_sign_in(address("192.0.2.50"), alice(), auth())
+            .expect("enroll after the restart");
+        let store = restarted.engine.store();
+        assert_eq!(store.devices().expect("read"), vec![again.device.clone()]);
+        let kernel_devices: Vec<u32> = restarted
+            .engine
+            .maps()
+            .devices
+            .values()
+            .map(|entry| entry.device_id)
+            .collect();
+        assert_eq!(kernel_devices, vec![again.device.id]);
+        assert_eq!(
+            restarted.engine.maps().sessions.len(),
+            store.sessions().expect("read").len()
+        );
+    }
+
+    #[test]
     fn enroll_of_enrolled_address_signs_in() {
         let mut fixture = ready();
         let first = fixture
