@@ -122,3 +122,32 @@ fn device_lifecycle_through_cli() {
     assert!(!text(&list).contains("phone"), "{}", text(&list));
     assert!(text(&list).contains("laptop"), "{}", text(&list));
 }
+
+#[test]
+fn invalid_device_names_are_rejected() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    let phone = lab.cli_json(&["device", "enroll", "phone", "--address", "192.0.2.50"]);
+    let phone_id = phone["id"].as_u64().expect("a device id").to_string();
+
+    // A name that is a number would be read as a device id by `device show`, `device remove`
+    // and `session grant`, so those commands would reach another device.
+    let too_long = "d".repeat(65);
+    for name in [phone_id.as_str(), "7", "two words", "", too_long.as_str()] {
+        let enrolled = lab.cli(&["device", "enroll", name, "--address", "192.0.2.60"]);
+        assert!(
+            !enrolled.status.success(),
+            "name {name:?} was enrolled: {}",
+            text(&enrolled)
+        );
+        assert!(
+            text(&enrolled).contains("is invalid"),
+            "name {name:?}: {}",
+            text(&enrolled)
+        );
+    }
+    let list = lab.cli_json(&["device", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    let shown = lab.cli_json(&["device", "show", &phone_id]);
+    assert_eq!(shown["device"]["name"], "phone", "{shown}");
+}

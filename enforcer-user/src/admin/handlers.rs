@@ -129,6 +129,7 @@ fn device_enroll(
         })?),
         None => None,
     };
+    crate::policy::check_device_name(&name).map_err(|message| (ErrorCode::Invalid, message))?;
     if addresses.is_empty() {
         return Err((
             ErrorCode::Invalid,

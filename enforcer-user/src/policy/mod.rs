@@ -10,7 +10,7 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use ipnet::IpNet;
 
 pub use compile::{CompiledPrefix, compile_prefixes};
-pub use parse::{parse, parse_mac};
+pub use parse::{check_device_name, parse, parse_mac};
 
 /// Maximum session duration a resource may set.
 pub const MAX_SESSION: Duration = Duration::from_secs(366 * 24 * 3600);

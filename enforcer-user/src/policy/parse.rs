@@ -409,13 +409,8 @@ fn parse_devices(errors: &mut Errors<'_>, raw: &[RawDevice]) -> Vec<PolicyDevice
     for device in raw {
         let before = errors.list.len();
         let name = device.name.get_ref();
-        if !is_valid_name(name) {
-            errors.push(
-                &device.name,
-                format!(
-                    "device name {name:?} is invalid: use 1 to 64 letters, digits, '-', '_' or '.'"
-                ),
-            );
+        if let Err(message) = check_device_name(name) {
+            errors.push(&device.name, message);
         }
         if !names.insert(name.clone()) {
             errors.push(
@@ -477,6 +472,22 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
         *byte = u8::from_str_radix(part, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)
+}
+
+/// Checks a device name: 1 to 64 letters, digits, '-', '_' or '.', and not only digits,
+/// because the CLI reads a number as a device id. The error is the message for the user.
+pub fn check_device_name(name: &str) -> Result<(), String> {
+    if !is_valid_name(name) {
+        return Err(format!(
+            "device name {name:?} is invalid: use 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    if name.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(format!(
+            "device name {name:?} is invalid: a name of digits only would be read as a device id; add a letter, such as \"device-{name}\""
+        ));
+    }
+    Ok(())
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -678,6 +689,22 @@ mac = "02:00:5e:00:53:01"
             "{}",
             errors[0].message
         );
+    }
+
+    #[test]
+    fn numeric_device_name_is_rejected() {
+        let text = "[[device]]\nname = \"42\"\naddresses = [\"192.0.2.9\"]\n";
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].line, 2);
+        assert!(
+            errors[0].message.contains("read as a device id"),
+            "{}",
+            errors[0].message
+        );
+        assert_eq!(check_device_name("laptop-42"), Ok(()));
+        assert!(check_device_name("").is_err());
+        assert!(check_device_name("two words").is_err());
     }
 
     #[test]
