@@ -606,3 +606,48 @@ async fn dual_stack_portal_sees_ipv4_device() {
     let login = post_login(&lab, &device_1).await;
     assert_eq!(login.status(), reqwest::StatusCode::SEE_OTHER);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_requests_start_nothing() {
+    let lab = lab_with("max_pending_logins_per_device = 2\n").await;
+    let device_1 = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    // What a browser sends for an image, a form or a script of another site that targets
+    // the portal; the request comes from the victim's address.
+    for (method, path) in [
+        (reqwest::Method::GET, "/login"),
+        (reqwest::Method::POST, "/login"),
+        (reqwest::Method::GET, "/login"),
+        (reqwest::Method::POST, "/device"),
+        (reqwest::Method::POST, "/snooze?minutes=60"),
+    ] {
+        let response = device_1
+            .request(method.clone(), format!("{}{path}", lab.portal_url))
+            .header("sec-fetch-site", "cross-site")
+            .send()
+            .await
+            .expect("a cross-site request");
+        let status = response.status();
+        let body = response.text().await.expect("error page");
+        assert_eq!(
+            status,
+            reqwest::StatusCode::FORBIDDEN,
+            "{method} {path}: {body}"
+        );
+        assert!(body.contains("another site"), "{method} {path}: {body}");
+    }
+
+    // The device's own sign-ins are not used up.
+    for sec_fetch_site in ["same-origin", "none"] {
+        let response = device_1
+            .post(format!("{}/login", lab.portal_url))
+            .header("sec-fetch-site", sec_fetch_site)
+            .send()
+            .await
+            .expect("POST /login");
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "sec-fetch-site {sec_fetch_site}"
+        );
+    }
+}

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{
     DeviceGrantSlot, Format, LoginQuery, OriginKey, Portal, PortalError, PortalState, SessionView,
-    login_origin, render, respond, sign_in_failed,
+    login_origin, reject_cross_site, render, respond, sign_in_failed,
 };
 use crate::{
     idp::{DeviceAuthorization, IdentityProvider, LoginOptions, LoginOrigin, pending::unix_ms},
@@ -63,6 +63,7 @@ pub(super) async fn start(
     Query(query): Query<LoginQuery>,
 ) -> Result<Response, PortalError> {
     let format = Format::from_headers(&headers);
+    reject_cross_site(&headers, format)?;
     let origin = login_origin(&portal, address, format)?;
     let base_url = portal.base_url(&headers);
     // One grant per device (or address) is in progress at a time, and `max_pending_logins`

@@ -385,6 +385,30 @@ fn respond(format: Format, body: String) -> Response {
     (content_type(format), body).into_response()
 }
 
+/// Rejects a request that a browser sent on behalf of another site (`Sec-Fetch-Site:
+/// cross-site`), such as an image, a form or a script of a page that targets the portal.
+/// The portal identifies the device by its source address alone, so without this check any
+/// page the user visits could start sign-ins that use up the device's limit, or snooze its
+/// prompts.
+///
+/// NOTE: browsers without Fetch Metadata headers, and clients such as curl, send no
+/// `Sec-Fetch-Site` and are not checked.
+pub(crate) fn reject_cross_site(headers: &HeaderMap, format: Format) -> Result<(), PortalError> {
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    if cross_site {
+        // Debug only, because any page can send these as often as it likes.
+        debug!("rejected a portal request that another site sent");
+        return Err(PortalError::new(
+            StatusCode::FORBIDDEN,
+            "this request was sent by another site; open the portal and start it there".into(),
+            format,
+        ));
+    }
+    Ok(())
+}
+
 /// Returns the source address of a request as the data path sees it. A socket bound to
 /// `[::]` reports an IPv4 client as IPv4-mapped (`::ffff:192.0.2.7`), but devices, the kernel
 /// device map and `enroll_from` use the IPv4 address.
@@ -492,6 +516,7 @@ async fn login(
     Query(query): Query<LoginQuery>,
 ) -> Result<Response, PortalError> {
     let format = Format::from_headers(&headers);
+    reject_cross_site(&headers, format)?;
     let origin = login_origin(&portal, address, format)?;
     let mfa = query.mfa(&portal, origin);
     let request = portal
@@ -590,6 +615,7 @@ async fn snooze(
     Query(query): Query<SnoozeQuery>,
 ) -> Result<Response, PortalError> {
     let format = Format::from_headers(&headers);
+    reject_cross_site(&headers, format)?;
     let device_id = identify(&portal, address, format)?;
     let responder = portal.responder(format)?;
     let until = responder.snooze(
