@@ -73,6 +73,7 @@ async function idToken(issuer, grant) {
     auth_time: now,
     nonce: grant.nonce,
     email: 'mallory@example.com',
+    email_verified: true,
     groups: ['eng'],
     amr: ['pwd'],
   };
@@ -84,6 +85,9 @@ async function idToken(issuer, grant) {
     case 'old_auth_time': claims.auth_time = grant.requestedAt - 3600; break;
     case 'missing_nonce': delete claims.nonce; break;
     case 'wrong_nonce': claims.nonce = base64url(randomBytes(16)); break;
+    // An account that set another user's address without proving it.
+    case 'unverified_email': claims.email = 'alice@example.com'; claims.email_verified = false; break;
+    case 'email_verified_missing': claims.email = 'alice@example.com'; delete claims.email_verified; break;
     case 'unknown_key':
       pendingKey = pendingKey ?? (await newKey(`rotated-${published.length + 1}`));
       key = pendingKey;

@@ -44,9 +44,9 @@ fn unique_env_name() -> String {
     format!("ENFORCER_TEST_SECRET_{}_{n}", std::process::id())
 }
 
-fn config(issuer: &str, secret_env: &str) -> IdpConfig {
+fn config(issuer: &str, secret_env: &str, extra: &str) -> IdpConfig {
     let text = format!(
-        "issuer = {issuer:?}\nclient_id = {:?}\nclient_secret_env = {secret_env:?}\nredirect_url = {REDIRECT:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n",
+        "issuer = {issuer:?}\nclient_id = {:?}\nclient_secret_env = {secret_env:?}\nredirect_url = {REDIRECT:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n{extra}",
         oidc::CLIENT_ID,
         oidc::ACR_MFA,
     );
@@ -54,13 +54,18 @@ fn config(issuer: &str, secret_env: &str) -> IdpConfig {
 }
 
 async fn env(server: NodeServer, secret: &str) -> Env {
+    env_with(server, secret, "").await
+}
+
+/// Builds the environment with `extra` lines at the end of the `[idp]` section.
+async fn env_with(server: NodeServer, secret: &str, extra: &str) -> Env {
     let dir = TempDir::new("pending").expect("create a scratch folder");
     let store = Store::open(&dir.path().join("store.redb")).expect("open the store");
     let pending = PendingLogins::new(Arc::new(store));
     let env_name = unique_env_name();
     // SAFETY: each call sets its own variable name, which no other thread reads or writes.
     unsafe { std::env::set_var(&env_name, secret) };
-    let config = config(&server.issuer, &env_name);
+    let config = config(&server.issuer, &env_name, extra);
     let secret = config.load_client_secret().expect("read the client secret");
     let idp = IdentityProvider::discover(config, secret)
         .await
@@ -133,6 +138,39 @@ async fn hostile_valid_token_accepted() {
     let authentication = result.expect("a correct token is accepted");
     assert_eq!(authentication.subject, "mallory");
     assert_eq!(authentication.groups, vec!["eng".to_owned()]);
+    assert_eq!(authentication.email.as_deref(), Some("mallory@example.com"));
+}
+
+#[tokio::test]
+async fn hostile_unverified_email_ignored() {
+    // Policies and device owners name users by email, so an email the IdP has not verified
+    // would let its account act as that user.
+    let env = hostile_env().await;
+    for mode in ["unverified_email", "email_verified_missing"] {
+        let authentication = sign_in_with_mode(&env, mode, LoginOptions::default())
+            .await
+            .unwrap_or_else(|err| panic!("{mode}: the token is valid: {err}"));
+        assert_eq!(authentication.subject, "mallory", "{mode}");
+        assert_eq!(authentication.email, None, "{mode}: the email is not used");
+    }
+
+    // An IdP that never sends email_verified can be trusted for its emails, but an explicit
+    // false still counts.
+    let server = oidc::start_hostile().expect("start the hostile signer");
+    let lenient = env_with(
+        server,
+        oidc::HOSTILE_CLIENT_SECRET,
+        "email_verified_required = false\n",
+    )
+    .await;
+    let missing = sign_in_with_mode(&lenient, "email_verified_missing", LoginOptions::default())
+        .await
+        .expect("the token is valid");
+    assert_eq!(missing.email.as_deref(), Some("alice@example.com"));
+    let unverified = sign_in_with_mode(&lenient, "unverified_email", LoginOptions::default())
+        .await
+        .expect("the token is valid");
+    assert_eq!(unverified.email, None);
 }
 
 #[tokio::test]
@@ -341,7 +379,7 @@ async fn provider_issuer_trailing_slash_rejected() {
     let env_name = unique_env_name();
     // SAFETY: each call sets its own variable name, which no other thread reads or writes.
     unsafe { std::env::set_var(&env_name, oidc::CLIENT_SECRET) };
-    let config = config(&format!("{}/", server.issuer), &env_name);
+    let config = config(&format!("{}/", server.issuer), &env_name, "");
     let secret = config.load_client_secret().expect("read the client secret");
     let result = IdentityProvider::discover(config.clone(), secret).await;
     assert!(

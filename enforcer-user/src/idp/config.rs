@@ -30,6 +30,12 @@ pub struct IdpConfig {
     /// ID token claim that carries the user's groups.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// Use the `email` claim only with `email_verified: true`. When false, an email without
+    /// `email_verified` is used too, for IdPs that never send the claim; `false` is never
+    /// trusted. Policies and device owners name users by email, so an unverified address
+    /// would let any account that claims it act as that user.
+    #[serde(default = "default_email_verified_required")]
+    pub email_verified_required: bool,
     /// Accepted ID token signature algorithms; only asymmetric ones are allowed.
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
@@ -68,6 +74,10 @@ pub struct IdpConfig {
 
 fn default_scopes() -> Vec<String> {
     vec!["openid".into(), "email".into()]
+}
+
+fn default_email_verified_required() -> bool {
+    true
 }
 
 fn default_groups_claim() -> String {

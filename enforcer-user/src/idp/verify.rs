@@ -142,13 +142,33 @@ pub fn verify_id_token(
     Ok(Authentication {
         issuer: claims.issuer().to_string(),
         subject: claims.subject().to_string(),
-        email: claims.email().map(|email| email.to_string()),
+        email: verified_email(config, claims.email(), claims.email_verified()),
         groups,
         auth_time,
         amr,
         acr,
         multi_factor,
     })
+}
+
+/// Returns the `email` claim when the IdP verified it, or when it sent no `email_verified`
+/// and `email_verified_required` is off.
+fn verified_email(
+    config: &IdpConfig,
+    email: Option<&openidconnect::EndUserEmail>,
+    email_verified: Option<bool>,
+) -> Option<String> {
+    let trusted = match email_verified {
+        Some(verified) => verified,
+        None => !config.email_verified_required,
+    };
+    if !trusted && email.is_some() {
+        tracing::warn!(
+            ?email_verified,
+            "ignored the email claim of an ID token because the IdP did not verify it; set email_verified_required = false for an IdP that never sends email_verified"
+        );
+    }
+    email.filter(|_| trusted).map(|email| email.to_string())
 }
 
 /// Nonce check for the device grant: the request carries no nonce, so the token may carry
