@@ -461,7 +461,7 @@ async fn start_sign_in_from(client: &reqwest::Client, login: &str) -> String {
     .expect("sign in at the IdP")
 }
 
-/// Waits until the portal answers `client`, at most 50 tries of 200 ms.
+/// Waits until the portal responds to `client`, at most 50 tries of 200 ms.
 async fn wait_for_portal(client: &reqwest::Client) {
     for _ in 0..50 {
         if client.get(format!("http://{PORTAL}/")).send().await.is_ok() {

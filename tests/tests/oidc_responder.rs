@@ -410,7 +410,7 @@ fn documented_python_verify() -> String {
 }
 
 /// Starts a webhook receiver in Python on 127.0.0.1 that checks each delivery with the
-/// guide's `verify` and answers 204 when it passes and 401 when it fails. It serves at most
+/// guide's `verify` and responds 204 when it passes and 401 when it fails. It serves at most
 /// `max_requests` requests, each within 30 s, then exits. Returns the process and its URL.
 fn start_documented_receiver(secret: &str, max_requests: usize) -> (std::process::Child, String) {
     let receiver = r#"
