@@ -50,4 +50,5 @@ pub mod metrics;
 pub mod policy;
 pub mod portal;
 pub mod responder;
+pub mod secret_file;
 pub mod store;

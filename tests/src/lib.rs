@@ -19,6 +19,19 @@ pub mod packets;
 /// Prefix of every namespace the tests create, so stale ones are easy to find and remove.
 pub const NETNS_PREFIX: &str = "enft-";
 
+/// Writes a secret file that only its owner may read, as the daemon requires of secret files.
+pub fn write_secret(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
 /// Panics with a clear message unless the tests run as root, which namespaces and XDP need.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.

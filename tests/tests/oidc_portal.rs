@@ -104,7 +104,8 @@ async fn lab_listening(listen: &str, extra_idp_config: &str) -> Lab {
 
     let dir = TempDir::new("portal").expect("create a scratch folder");
     let secret_path = dir.path().join("client-secret");
-    std::fs::write(&secret_path, format!("{}\n", oidc::CLIENT_SECRET)).expect("write the secret");
+    enforcer_tests::write_secret(&secret_path, &format!("{}\n", oidc::CLIENT_SECRET))
+        .expect("write the secret");
     let text = format!(
         "issuer = {:?}\nclient_id = {:?}\nclient_secret_file = {:?}\nredirect_url = {redirect:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n{extra_idp_config}",
         idp_server.issuer,

@@ -143,12 +143,8 @@ async fn webhook_retries_until_delivered() {
     let (url, bodies) = webhook_receiver(2, 10);
     let dir = TempDir::new("webhook").expect("create a scratch folder");
     let secret_path = dir.path().join("webhook-secret");
-    std::fs::write(&secret_path, format!("{WEBHOOK_SECRET}\n")).expect("write the secret");
-    std::fs::set_permissions(
-        &secret_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .expect("make the secret private");
+    enforcer_tests::write_secret(&secret_path, &format!("{WEBHOOK_SECRET}\n"))
+        .expect("write the secret");
     let webhook = WebhookConfig {
         secret_file: Some(secret_path),
         secret_env: None,
@@ -453,12 +449,8 @@ async fn documented_python_recipe_verifies() {
     let dir = TempDir::new("webhook").expect("create a scratch folder");
     let secret_path = dir.path().join("webhook-secret");
     // An editor's trailing newline is not part of the secret.
-    std::fs::write(&secret_path, format!("{WEBHOOK_SECRET}\n")).expect("write the secret");
-    std::fs::set_permissions(
-        &secret_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .expect("make the secret private");
+    enforcer_tests::write_secret(&secret_path, &format!("{WEBHOOK_SECRET}\n"))
+        .expect("write the secret");
     let webhook = WebhookConfig {
         secret_file: Some(secret_path.clone()),
         secret_env: None,

@@ -135,11 +135,16 @@ impl IdpConfig {
                 "no client secret: set `client_secret_file` or `client_secret_env`".into(),
             )),
             (Some(path), None) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| IdpError::SecretFile {
+                let text = crate::secret_file::read(path).map_err(|err| match err {
+                    crate::secret_file::SecretFileError::Read(source) => IdpError::SecretFile {
                         path: path.display().to_string(),
                         source,
-                    })?;
+                    },
+                    crate::secret_file::SecretFileError::Mode(mode) => IdpError::SecretFileMode {
+                        path: path.display().to_string(),
+                        mode,
+                    },
+                })?;
                 let secret = text.trim_end_matches(['\r', '\n']);
                 if secret.is_empty() {
                     return Err(IdpError::Config(format!(
@@ -285,6 +290,8 @@ mod tests {
     fn secret_file_strips_newline() {
         let path = std::env::temp_dir().join(format!("enforcer-secret-{}", std::process::id()));
         std::fs::write(&path, "s3cret\n").expect("write the secret file");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("make the secret file private");
         let mut with_file = config(&["RS256"]);
         with_file.client_secret_file = Some(path.clone());
         let secret = with_file.load_client_secret();
@@ -292,6 +299,27 @@ mod tests {
         assert_eq!(
             secret.ok().map(|s| s.secret().clone()),
             Some("s3cret".into())
+        );
+    }
+
+    #[test]
+    fn secret_file_readable_by_others() {
+        let path =
+            std::env::temp_dir().join(format!("enforcer-open-secret-{}", std::process::id()));
+        std::fs::write(&path, "s3cret\n").expect("write the secret file");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("make the secret file readable");
+        let mut with_file = config(&["RS256"]);
+        with_file.client_secret_file = Some(path.clone());
+        let result = with_file.load_client_secret();
+        let _ = std::fs::remove_file(&path);
+        let message = result
+            .expect_err("a readable secret file is refused")
+            .to_string();
+        assert!(message.contains("mode 644"), "{message}");
+        assert!(
+            message.contains(&format!("chmod 600 {}", path.display())),
+            "{message}"
         );
     }
 }

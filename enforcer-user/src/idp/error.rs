@@ -22,6 +22,11 @@ pub enum IdpError {
     },
 
     #[error(
+        "the client secret file {path} has mode {mode:o}, so other users can read or change it; run `chmod 600 {path}` and rotate the secret at the identity provider"
+    )]
+    SecretFileMode { path: String, mode: u32 },
+
+    #[error(
         "the client secret environment variable {name} is not set or empty; export it before starting the daemon"
     )]
     SecretEnv { name: String },

@@ -194,27 +194,18 @@ impl WebhookConfig {
     }
 }
 
-/// Reads the secret file at `path`, which users other than its owner and group may not
-/// read or write, because whoever reads the secret can forge signed deliveries.
+/// Reads the webhook secret file at `path`.
 fn read_private_file(path: &std::path::Path) -> Result<String, WebhookError> {
-    use std::{io::Read as _, os::unix::fs::PermissionsExt as _};
-
-    let read_error = |reason| WebhookError::SecretFile {
-        path: path.display().to_string(),
-        reason,
-    };
-    let mut file = std::fs::File::open(path).map_err(read_error)?;
-    // The mode is checked on the opened file, so a rename in between cannot swap it.
-    let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o777;
-    if mode & 0o007 != 0 {
-        return Err(WebhookError::SecretFileMode {
+    crate::secret_file::read(path).map_err(|err| match err {
+        crate::secret_file::SecretFileError::Read(reason) => WebhookError::SecretFile {
+            path: path.display().to_string(),
+            reason,
+        },
+        crate::secret_file::SecretFileError::Mode(mode) => WebhookError::SecretFileMode {
             path: path.display().to_string(),
             mode,
-        });
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(read_error)?;
-    Ok(text)
+        },
+    })
 }
 
 fn default_max_attempts() -> u32 {

@@ -70,7 +70,7 @@ pub fn measure(enforcer: &Path, sign_ins: usize) -> anyhow::Result<SignInFigures
         oidc::start_provider_on(GATEWAY_ADDRESS, 0, std::slice::from_ref(&redirect))
             .context("failed to start the test IdP")?
     };
-    fs::write(lab.dir.join("client-secret"), oidc::CLIENT_SECRET)?;
+    enforcer_tests::write_secret(&lab.dir.join("client-secret"), oidc::CLIENT_SECRET)?;
     fs::write(lab.dir.join("policy.toml"), POLICY)?;
     fs::write(
         lab.dir.join("enforcer.toml"),
