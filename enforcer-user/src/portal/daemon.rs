@@ -103,7 +103,8 @@ async fn discover(
             Ok(idp) => {
                 set_health(&state, Ok(()));
                 let idp = Arc::new(idp);
-                portal.set_idp(Arc::clone(&idp));
+                // Stored grants resume before the portal accepts sign-ins, so that a device
+                // whose grant survived the restart cannot start a second one in between.
                 let resumed = super::device_flow::resume(&portal, &idp);
                 if resumed > 0 {
                     info!(
@@ -111,6 +112,7 @@ async fn discover(
                         "resumed device authorization grants from the store"
                     );
                 }
+                portal.set_idp(Arc::clone(&idp));
                 return;
             }
             Err(err) => {
