@@ -39,7 +39,8 @@ fn start_with_idp(gateway: &mut Gateway) -> NodeServer {
             .expect("start the test IdP")
     };
     let secret_path = gateway.dir.path().join("client-secret");
-    enforcer_tests::write_secret(&secret_path, oidc::CLIENT_SECRET).expect("write the client secret");
+    enforcer_tests::write_secret(&secret_path, oidc::CLIENT_SECRET)
+        .expect("write the client secret");
     gateway.extra_config = format!(
         "[idp]\nissuer = {:?}\nclient_id = {:?}\nclient_secret_file = {:?}\nredirect_url = {redirect:?}\nscopes = [\"openid\", \"email\", \"groups\"]\nmfa_acr_values = [{:?}]\n",
         idp.issuer,

@@ -885,7 +885,12 @@ fn unmet_figures(results: &Results, figures: &[Figure]) -> String {
     if unmet.is_empty() {
         return String::new();
     }
-    let cache = cache_sizes();
+    let caches = cache_sizes();
+    let table_bytes = table_bytes(
+        results.bench.enforcers[results.layout.default_enforcer]
+            .plan
+            .sessions,
+    );
     let mut text = String::from("\nFigures not met, and what limits them:\n\n");
     for figure in unmet {
         let limit = if figure.name.starts_with("live session hit")
@@ -894,16 +899,13 @@ fn unmet_figures(results: &Results, figures: &[Figure]) -> String {
             "the hit path makes three map lookups (prefix, device, session) and one clock read per packet; the breakdown under the verdict cases splits the cost into the parse with the prefix lookup and the rest.".to_owned()
         } else if figure.name.starts_with("live session hit") {
             format!(
-                "every cold packet follows a test-run syscall, and its device, prefix and session lookups are dependent cache misses; the session table alone is about {} at this size (an estimate: 64 bytes per element plus 16 per bucket), against {cache}.",
-                table_size(
-                    results.bench.enforcers[results.layout.default_enforcer]
-                        .plan
-                        .sessions
-                )
+                "every cold packet follows a test-run syscall, and its device, prefix and session lookups are dependent cache misses; {}.",
+                table_against_caches(table_bytes, &caches)
             )
         } else if figure.name.starts_with("cost at") {
             format!(
-                "the larger session table no longer fits in the caches ({cache}), so cold session lookups go to memory; with one flow the entry stays cached and the sizes cost the same."
+                "{}; with one flow the entry stays cached and the sizes cost the same.",
+                table_against_caches(table_bytes, &caches)
             )
         } else if figure.name.starts_with("enforcer over floor") {
             "the enforcer's own lookups, above, against one interval-set and one hash-set lookup of nftables.".to_owned()
@@ -924,8 +926,11 @@ fn unmet_figures(results: &Results, figures: &[Figure]) -> String {
 }
 
 /// Estimated memory of a preallocated BPF hash map of `sessions` 8-byte keys and values.
-fn table_size(sessions: usize) -> String {
-    let bytes = sessions * 64 + sessions.next_power_of_two() * 16;
+fn table_bytes(sessions: usize) -> u64 {
+    (sessions * 64 + sessions.next_power_of_two() * 16) as u64
+}
+
+fn format_bytes(bytes: u64) -> String {
     if bytes >= 1 << 20 {
         format!("{} MiB", bytes >> 20)
     } else {
@@ -933,8 +938,33 @@ fn table_size(sessions: usize) -> String {
     }
 }
 
-/// Sizes of CPU 0's unified caches, for example `L2 1024K, L3 32768K`.
-fn cache_sizes() -> String {
+/// Says how the session table compares with CPU 0's caches: whether it outgrows the last
+/// level, or only the levels below it.
+fn table_against_caches(table: u64, caches: &[(u32, u64)]) -> String {
+    let listed = if caches.is_empty() {
+        "unknown cache sizes".to_owned()
+    } else {
+        let sizes: Vec<String> = caches
+            .iter()
+            .map(|(level, bytes)| format!("L{level} {}", format_bytes(*bytes)))
+            .collect();
+        format!("caches of {}", sizes.join(", "))
+    };
+    let size = format!(
+        "the session table is about {} at this size (an estimate: 64 bytes per element plus 16 per bucket), against {listed}",
+        format_bytes(table)
+    );
+    match caches.last() {
+        Some((level, last)) if table <= *last => format!(
+            "{size}. It fits the L{level} that this virtual CPU reports, which the host shares with other guests, but not the levels below it, so each cold session lookup misses them and most likely the TLB too"
+        ),
+        Some(_) => format!("{size}, so cold session lookups go to memory"),
+        None => size,
+    }
+}
+
+/// Levels and sizes in bytes of CPU 0's unified caches, smallest level first.
+fn cache_sizes() -> Vec<(u32, u64)> {
     let mut sizes = Vec::new();
     for index in 0..8 {
         let base = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
@@ -943,15 +973,20 @@ fn cache_sizes() -> String {
         else {
             continue;
         };
+        let (Ok(level), Some(kib)) = (
+            level.trim().parse::<u32>(),
+            size.trim()
+                .strip_suffix('K')
+                .and_then(|kib| kib.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
         if kind.trim() == "Unified" {
-            sizes.push(format!("L{} {}", level.trim(), size.trim()));
+            sizes.push((level, kib << 10));
         }
     }
-    if sizes.is_empty() {
-        "unknown cache sizes".to_owned()
-    } else {
-        format!("caches of {}", sizes.join(", "))
-    }
+    sizes.sort_unstable();
+    sizes
 }
 
 fn page_header(text: &mut String, results: &Results) {
