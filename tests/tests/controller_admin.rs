@@ -59,9 +59,14 @@ fn admin_socket_rejects_other_user() {
 fn socket_mode_rejects_other_user() {
     let lab = lab();
     let output = status_as_nobody(&lab, &["--clear-groups"]);
-    assert_eq!(output.status.code(), Some(6), "{}", text(&output));
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output));
     assert!(
-        text(&output).contains("Permission denied"),
+        text(&output).contains("permission denied on the admin socket"),
+        "{}",
+        text(&output)
+    );
+    assert!(
+        text(&output).contains("run the command as root"),
         "{}",
         text(&output)
     );

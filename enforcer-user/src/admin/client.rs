@@ -24,6 +24,10 @@ pub enum ClientError {
         source: std::io::Error,
     },
     #[error(
+        "permission denied on the admin socket {path}: run the command as root, or as a member of the group that `[admin] group` names in the daemon's configuration"
+    )]
+    Denied { path: PathBuf },
+    #[error(
         "timed out after {} s waiting for the daemon's response on {path}; the daemon applies admin requests one at a time, so a long request (a reload, a large batch) or a daemon stuck in a store write holds it; check its log",
         REQUEST_TIMEOUT.as_secs()
     )]
@@ -44,9 +48,17 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
         path: socket.to_path_buf(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.to_path_buf(),
-        source,
+    let mut stream = UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ClientError::Denied {
+                path: socket.to_path_buf(),
+            }
+        } else {
+            ClientError::Connect {
+                path: socket.to_path_buf(),
+                source,
+            }
+        }
     })?;
     stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_vec(request).map_err(|err| ClientError::Invalid {

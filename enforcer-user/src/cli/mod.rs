@@ -11,7 +11,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::{DeviceRef, EXIT_UNREACHABLE, GrantPair, Request, Response, RevokeRequest, client},
+    admin::{
+        DeviceRef, EXIT_UNREACHABLE, ErrorCode, GrantPair, Request, Response, RevokeRequest, client,
+    },
     config::{Config, DEFAULT_ADMIN_SOCKET},
 };
 
@@ -243,7 +245,11 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Ok(response) => response,
         Err(err) => {
             eprintln!("enforcer: {err}");
-            return Ok(ExitCode::from(EXIT_UNREACHABLE));
+            let code = match err {
+                client::ClientError::Denied { .. } => ErrorCode::Denied.exit_code(),
+                _ => EXIT_UNREACHABLE,
+            };
+            return Ok(ExitCode::from(code));
         }
     };
     match response {
