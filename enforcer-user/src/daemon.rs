@@ -169,8 +169,16 @@ impl DaemonState {
         let policy = Policy::load(&self.config.policy).inspect_err(|err| {
             tracing::error!(policy = %self.config.policy.display(), error = %err, "rejected policy reload");
         })?;
+        log_warnings(&policy, &self.config.policy);
         let report = self.lock_engine().reload(policy, actor)?;
         Ok(report)
+    }
+}
+
+/// Logs the policy's warnings, one line each; they do not stop the policy from loading.
+fn log_warnings(policy: &Policy, path: &std::path::Path) {
+    for warning in policy.warnings(&path.display().to_string()) {
+        tracing::warn!("{warning}");
     }
 }
 
@@ -196,6 +204,7 @@ pub fn start(config: Config) -> Result<DaemonState, DaemonError> {
     let pin_lock = lock_pins(&config.pin_folder())?;
     let store = Arc::new(Store::open(&config.store.path)?);
     let policy = Policy::load(&config.policy)?;
+    log_warnings(&policy, &config.policy);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new().map_err(DaemonError::BootId)?);
 
     let program = match config.link_kind {

@@ -440,6 +440,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(2));
     }
+    for warning in policy.warnings(&file) {
+        eprintln!("enforcer: warning: {warning}");
+    }
     println!(
         "{file} is valid: {} resource(s), {} device(s)",
         policy.resources.len(),

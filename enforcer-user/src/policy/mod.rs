@@ -4,6 +4,7 @@
 
 mod compile;
 mod parse;
+mod warnings;
 
 use std::{net::IpAddr, path::Path, time::Duration};
 
