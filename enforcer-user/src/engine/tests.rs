@@ -335,6 +335,49 @@ fn revoke_by_device_reports_count() {
 }
 
 #[test]
+fn revoke_by_device_keeps_other_devices() {
+    let mut fixture = ready(MULTI);
+    for device_id in [1, 2] {
+        fixture
+            .engine
+            .sign_in(device_id, alice_record(), auth(&["mfa"], start()))
+            .unwrap();
+    }
+    let report = fixture
+        .engine
+        .revoke(&RevokeSelector::Device { device_id: 1 }, "admin:uid=0")
+        .unwrap();
+    assert_eq!(report.sessions, 3);
+    let report = fixture
+        .engine
+        .revoke(
+            &RevokeSelector::Session {
+                device_id: 2,
+                resource: "wiki".to_owned(),
+            },
+            "admin:uid=0",
+        )
+        .unwrap();
+    assert_eq!(report.sessions, 1);
+    let wiki = fixture.engine.resource_ids()["wiki"];
+    let left: Vec<(u32, u32)> = fixture
+        .engine
+        .store()
+        .sessions()
+        .unwrap()
+        .iter()
+        .map(|session| (session.device_id, session.resource_id))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|(device, resource)| *device == 2 && *resource != wiki),
+        "{left:?}"
+    );
+    assert_eq!(fixture.engine.maps().sessions.len(), 2);
+}
+
+#[test]
 fn revoke_by_resource_keeps_others() {
     let mut fixture = ready(MULTI);
     fixture

@@ -35,6 +35,27 @@ impl Store {
         Ok(sessions)
     }
 
+    /// Returns the committed sessions of device `device_id` for which `select` returns true,
+    /// in key order. Only that device's rows are read.
+    pub fn device_sessions_where(
+        &self,
+        device_id: u32,
+        select: impl Fn(&SessionView<'_>) -> bool,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(SESSIONS)?;
+        let mut sessions = Vec::new();
+        for entry in table.range((device_id, 0)..=(device_id, u32::MAX))? {
+            let (key, value) = entry?;
+            let (device_id, resource_id) = key.value();
+            let session = SessionView::decode(device_id, resource_id, value.value())?;
+            if select(&session) {
+                sessions.push(session.to_record());
+            }
+        }
+        Ok(sessions)
+    }
+
     /// Returns the committed sessions for which `select` returns true, in key order. Rows
     /// are judged on their encoded form, so only the selected ones are copied.
     pub fn sessions_where(
