@@ -233,7 +233,13 @@ fn daemon_with_other_store_cannot_take_pins() {
         .replace("[portal]", "[portal]\nlisten = \"127.0.0.1:0\"")
         .replace("[metrics]", "[metrics]\nlisten = \"127.0.0.1:0\"");
     let dir = lab.config_path().parent().unwrap().to_path_buf();
-    std::fs::write(dir.join("other-policy.toml"), "").unwrap();
+    // The second policy protects only an address that no test sends to, so it opens the
+    // client's protected prefix if it ever reaches the maps.
+    std::fs::write(
+        dir.join("other-policy.toml"),
+        "[[resource]]\nname = \"elsewhere\"\ndestinations = [{ prefix = \"203.0.113.99\" }]\nsession = \"1h\"\nusers = [\"alice@example.com\"]\n",
+    )
+    .unwrap();
     let other_path = dir.join("other.toml");
     std::fs::write(&other_path, other).unwrap();
 
@@ -262,7 +268,7 @@ fn daemon_with_other_store_cannot_take_pins() {
     );
     assert!(
         !lab.ping_from(CLIENT),
-        "the second daemon's empty policy opened the gate"
+        "the second daemon's policy opened the gate"
     );
 }
 

@@ -129,6 +129,31 @@ fn reload_keeps_live_session_passing() {
 }
 
 #[test]
+fn reload_of_empty_file_changes_nothing() {
+    let mut lab = Gateway::new(POLICY);
+    lab.start();
+    grant(&lab, "laptop", "1h");
+    assert!(!lab.ping_from(CLIENT_2));
+
+    // A truncated file, as an editor or a copy that has not finished leaves it.
+    lab.write_policy("");
+    let output = lab.cli(&["reload"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("the policy file is empty"),
+        "{}",
+        text(&output)
+    );
+    assert!(lab.ping_from(CLIENT), "the live session must still pass");
+    assert!(
+        !lab.ping_from(CLIENT_2),
+        "the protected prefix must stay protected"
+    );
+    let sessions = lab.cli_json(&["session", "list"]);
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
+}
+
+#[test]
 fn reload_removing_user_drops_session() {
     let mut lab = Gateway::new(POLICY);
     lab.start();

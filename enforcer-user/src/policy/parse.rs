@@ -140,6 +140,19 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
         .collect();
     let devices = parse_devices(&mut errors, &raw.devices);
     let enrollment = parse_enrollment(&mut errors, &raw.settings);
+    if raw.resources.is_empty() {
+        // A policy without resources protects nothing, and loading it would also drop every
+        // session. An empty file is most often a write that has not finished.
+        errors.list.push(PolicyError {
+            file: file.to_owned(),
+            line: 1,
+            message: if text.trim().is_empty() {
+                "the policy file is empty; write at least one [[resource]], or restore the file from its last good copy".to_owned()
+            } else {
+                "the policy defines no [[resource]], so it would protect nothing and drop every session; add at least one [[resource]]".to_owned()
+            },
+        });
+    }
 
     if !errors.list.is_empty() {
         return Err(errors.list);
@@ -501,6 +514,34 @@ fn is_valid_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Appends one resource to `text`, which a policy needs; lines of `text` keep their numbers.
+    fn with_resource(text: &str) -> String {
+        format!(
+            "{text}\n[[resource]]\nname = \"wiki\"\ndestinations = [{{ prefix = \"203.0.113.7\" }}]\nsession = \"1h\"\nusers = [\"alice@example.com\"]\n"
+        )
+    }
+
+    #[test]
+    fn empty_file_is_rejected() {
+        let errors = parse("policy.toml", "\n  \n").expect_err("an empty policy is invalid");
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 1);
+        assert!(
+            errors[0].message.contains("the policy file is empty"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn policy_without_resources_is_rejected() {
+        let text = "[[device]]\nname = \"kiosk\"\naddresses = [\"192.0.2.20\"]\n";
+        let errors = parse("policy.toml", text).expect_err("a policy without resources is invalid");
+        assert!(
+            errors[0].message.contains("defines no [[resource]]"),
+            "{errors:?}"
+        );
+    }
+
     const GOOD: &str = r#"
 [settings]
 punt_interval = "2s"
@@ -657,7 +698,7 @@ mac = "02:00:5e:00:53:01"
     #[test]
     fn enrollment_limited_to_prefixes() {
         let text = "[settings]\nenroll_on_first_sign_in = true\nenroll_from = [\"192.0.2.0/25\", \"2001:db8::/64\"]\n";
-        let policy = parse("policy.toml", text).unwrap();
+        let policy = parse("policy.toml", &with_resource(text)).unwrap();
         let inside: IpAddr = "192.0.2.50".parse().unwrap();
         let inside_v6: IpAddr = "2001:db8::50".parse().unwrap();
         let outside: IpAddr = "192.0.2.200".parse().unwrap();
@@ -673,7 +714,7 @@ mac = "02:00:5e:00:53:01"
     #[test]
     fn enrollment_without_prefixes_allows_any() {
         let text = "[settings]\nenroll_on_first_sign_in = true\n";
-        let policy = parse("policy.toml", text).unwrap();
+        let policy = parse("policy.toml", &with_resource(text)).unwrap();
         let address: IpAddr = "203.0.113.9".parse().unwrap();
         assert_eq!(policy.check_enrollment(address), Ok(()));
     }
@@ -681,7 +722,7 @@ mac = "02:00:5e:00:53:01"
     #[test]
     fn enrollment_rejects_bad_prefix() {
         let text = "[settings]\nenroll_on_first_sign_in = true\nenroll_from = [\"192.0.2.0/33\"]\n";
-        let errors = errors_of(text);
+        let errors = errors_of(&with_resource(text));
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].line, 3);
         assert!(
@@ -694,7 +735,7 @@ mac = "02:00:5e:00:53:01"
     #[test]
     fn numeric_device_name_is_rejected() {
         let text = "[[device]]\nname = \"42\"\naddresses = [\"192.0.2.9\"]\n";
-        let errors = errors_of(text);
+        let errors = errors_of(&with_resource(text));
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].line, 2);
         assert!(
@@ -709,21 +750,24 @@ mac = "02:00:5e:00:53:01"
 
     #[test]
     fn enrollment_device_limit_parses() {
-        let policy =
-            parse("p.toml", "[settings]\nenroll_on_first_sign_in = true\n").expect("policy parses");
+        let policy = parse(
+            "p.toml",
+            &with_resource("[settings]\nenroll_on_first_sign_in = true\n"),
+        )
+        .expect("policy parses");
         assert_eq!(
             policy.enrollment.max_devices_per_user,
             DEFAULT_MAX_DEVICES_PER_USER
         );
         let text = "[settings]\nenroll_on_first_sign_in = true\nenroll_max_devices_per_user = 3\n";
-        let policy = parse("p.toml", text).expect("policy parses");
+        let policy = parse("p.toml", &with_resource(text)).expect("policy parses");
         assert_eq!(policy.enrollment.max_devices_per_user, 3);
 
         for value in ["0", "-1"] {
             let text = format!(
                 "[settings]\nenroll_on_first_sign_in = true\nenroll_max_devices_per_user = {value}\n"
             );
-            let errors = parse("p.toml", &text).expect_err("the limit is invalid");
+            let errors = parse("p.toml", &with_resource(&text)).expect_err("the limit is invalid");
             assert_eq!(errors.len(), 1, "{errors:?}");
             assert_eq!(errors[0].line, 3);
             assert!(
@@ -745,7 +789,7 @@ mac = "02:00:5e:00:53:01"
     #[test]
     fn enrollment_prefixes_need_setting() {
         let text = "[settings]\nenroll_from = [\"192.0.2.0/24\"]\n";
-        let errors = errors_of(text);
+        let errors = errors_of(&with_resource(text));
         assert_eq!(errors.len(), 1);
         assert!(
             errors[0].message.contains("enroll_on_first_sign_in = true"),
