@@ -280,6 +280,12 @@ listen = "127.0.0.1:8443"
     fn example_config_parses() {
         let text = include_str!("../../examples/enforcer.toml");
         let config = Config::parse(text).unwrap();
+        assert_eq!(
+            config.admin.group, None,
+            "the group stays commented out until created"
+        );
+        let with_group = text.replace("# group = ", "group = ");
+        let config = Config::parse(&with_group).unwrap();
         assert_eq!(config.admin.group.as_deref(), Some("enforcer-admin"));
     }
 

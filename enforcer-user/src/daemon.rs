@@ -258,6 +258,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         Some(group) => Some(admin_server::resolve_group(group)?),
         None => None,
     };
+    // Configuration errors stop the daemon before it attaches the program, so that a first
+    // start with a bad secret does not leave XDP enforcing with no portal to sign in at.
+    crate::portal::daemon::check(&config)?;
     let state = tokio::task::spawn_blocking(move || start(config))
         .await
         .map_err(|err| DaemonError::StartFailed(err.to_string()))??;

@@ -73,6 +73,7 @@ fn detach_removes_program_and_pins() {
         .unwrap();
     assert!(output.status.success(), "detach failed: {}", text(&output));
     assert_missing(&lab.pin_folder());
+    assert_missing(lab.pin_folder().parent().unwrap());
     assert!(lab.ping_from(CLIENT_2), "nothing is enforced after detach");
 }
 
@@ -337,4 +338,28 @@ fn pinned_maps_of_another_layout_are_refused() {
         "the stored session must pass on the new program"
     );
     assert!(!lab.ping_from(CLIENT_2));
+}
+
+#[test]
+fn missing_client_secret_stops_before_attach() {
+    let mut lab = Gateway::new(POLICY);
+    lab.extra_config = "[idp]\nissuer = \"http://127.0.0.1:9/\"\nclient_id = \"enforcer\"\nclient_secret_file = \"missing-secret\"\nredirect_url = \"http://127.0.0.1:8443/callback\"\n".to_owned();
+    let output = lab.spawn_daemon().wait_with_output().unwrap();
+    assert!(!output.status.success(), "the daemon must not start");
+    let log = lab.log();
+    assert_eq!(
+        log.matches("failed to read the client secret").count(),
+        1,
+        "the error must be reported once:\n{log}"
+    );
+    assert_eq!(
+        log.matches("os error 2").count(),
+        1,
+        "the cause must be reported once:\n{log}"
+    );
+    assert_missing(&lab.pin_folder());
+    assert!(
+        lab.ping_from(CLIENT_2),
+        "no program may be attached after a failed start"
+    );
 }

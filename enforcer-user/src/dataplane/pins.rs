@@ -354,6 +354,10 @@ pub fn detach(folder: &Path) -> Result<bool, DataplaneError> {
         return Ok(false);
     }
     clear(folder)?;
+    // The pin root holds one folder per interface; it goes too once the last one is gone.
+    if let Some(root) = folder.parent() {
+        let _ = fs::remove_dir(root);
+    }
     Ok(true)
 }
 

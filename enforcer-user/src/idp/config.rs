@@ -136,9 +136,9 @@ impl IdpConfig {
             )),
             (Some(path), None) => {
                 let text = crate::secret_file::read(path).map_err(|err| match err {
-                    crate::secret_file::SecretFileError::Read(source) => IdpError::SecretFile {
+                    crate::secret_file::SecretFileError::Read(reason) => IdpError::SecretFile {
                         path: path.display().to_string(),
-                        source,
+                        reason,
                     },
                     crate::secret_file::SecretFileError::Mode(mode) => IdpError::SecretFileMode {
                         path: path.display().to_string(),

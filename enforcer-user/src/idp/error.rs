@@ -14,11 +14,11 @@ pub enum IdpError {
     Config(String),
 
     #[error(
-        "failed to read the client secret from {path}: {source}; create the file or set `client_secret_env`"
+        "failed to read the client secret from {path}: {reason}; create the file or set `client_secret_env`"
     )]
     SecretFile {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 
     #[error(

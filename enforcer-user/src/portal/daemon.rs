@@ -28,6 +28,26 @@ fn section<T: serde::de::DeserializeOwned>(table: &toml::Table, name: &str) -> R
         .map_err(|err| IdpError::Config(format!("invalid [{name}] section: {err}")))
 }
 
+/// Checks the `[idp]` and `[responder]` sections and reads their secrets, so that an error in
+/// them stops `enforcer run` before it attaches the XDP program.
+pub fn check(config: &crate::config::Config) -> Result<(), DaemonError> {
+    if config.idp.is_empty() {
+        return Ok(());
+    }
+    let idp: IdpConfig = section(&config.idp, "idp")?;
+    idp.validate()?;
+    idp.load_client_secret()?;
+    let mut responder = config.responder.clone();
+    if !responder.contains_key("portal_url") {
+        responder.insert("portal_url".into(), "http://portal.invalid/".into());
+    }
+    let responder: ResponderConfig = section(&responder, "responder")?;
+    if let Some(webhook) = &responder.webhook {
+        webhook.load_secret()?;
+    }
+    Ok(())
+}
+
 /// Starts the portal's background tasks and returns its routes, or no routes when the
 /// configuration has no `[idp]` section.
 pub async fn start(
