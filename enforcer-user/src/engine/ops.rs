@@ -510,10 +510,13 @@ impl<M: KernelMaps> Engine<M> {
                 )
             }
             RevokeSelector::User { issuer, subject } => {
-                let key = UserKey { issuer, subject };
-                let detail = format!("user {}#{}", key.issuer, key.subject);
+                let keys = self.users_named(&issuer, &subject)?;
+                let detail = format!("user {subject} of {issuer}");
                 (
-                    Box::new(move |s| s.user == Some((key.issuer.as_str(), key.subject.as_str()))),
+                    Box::new(move |s| {
+                        keys.iter()
+                            .any(|key| s.user == Some((key.issuer.as_str(), key.subject.as_str())))
+                    }),
                     detail,
                 )
             }
@@ -535,6 +538,40 @@ impl<M: KernelMaps> Engine<M> {
                 )
             }
         })
+    }
+
+    /// Returns the keys of the known users that `name` names at `issuer`: by subject or by
+    /// verified email, with or without a trailing slash on the issuer. A revocation that
+    /// matches no user is reported as not found rather than as zero sessions revoked.
+    fn users_named(&self, issuer: &str, name: &str) -> Result<Vec<UserKey>, EngineError> {
+        let users = self.store.users()?;
+        let same_issuer = |other: &str| other.trim_end_matches('/') == issuer.trim_end_matches('/');
+        let keys: Vec<UserKey> = users
+            .iter()
+            .filter(|user| same_issuer(&user.key.issuer))
+            .filter(|user| user.key.subject == name || user.email.as_deref() == Some(name))
+            .map(|user| user.key.clone())
+            .collect();
+        if keys.is_empty() {
+            let known: Vec<String> = users
+                .iter()
+                .take(10)
+                .map(|user| match &user.email {
+                    Some(email) => format!("{} ({email}) of {}", user.key.subject, user.key.issuer),
+                    None => format!("{} of {}", user.key.subject, user.key.issuer),
+                })
+                .collect();
+            let hint = if known.is_empty() {
+                "no user has signed in yet".to_owned()
+            } else {
+                format!("known users: {}", known.join(", "))
+            };
+            return Err(not_found(
+                format!("user {name:?} of issuer {issuer:?}"),
+                &format!("pass the subject or the email a user signed in with; {hint}"),
+            ));
+        }
+        Ok(keys)
     }
 
     fn known_resource_id(&self, name: &str) -> Result<u32, EngineError> {

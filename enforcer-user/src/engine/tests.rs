@@ -399,6 +399,45 @@ fn revoke_by_resource_keeps_others() {
 }
 
 #[test]
+fn revoke_user_by_email_or_slash() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let unknown = fixture
+        .engine
+        .revoke(
+            &RevokeSelector::User {
+                issuer: alice().issuer,
+                subject: "mallory@example.com".to_owned(),
+            },
+            "admin:uid=0",
+        )
+        .unwrap_err();
+    assert!(matches!(unknown, EngineError::NotFound { .. }), "{unknown}");
+    assert!(
+        unknown.to_string().contains("alice@example.com"),
+        "{unknown}"
+    );
+    assert_eq!(fixture.engine.maps().sessions.len(), 3);
+
+    let issuer = format!("{}/", alice().issuer.trim_end_matches('/'));
+    let report = fixture
+        .engine
+        .revoke(
+            &RevokeSelector::User {
+                issuer,
+                subject: "alice@example.com".to_owned(),
+            },
+            "admin:uid=0",
+        )
+        .unwrap();
+    assert_eq!(report.sessions, 3);
+    assert!(fixture.engine.maps().sessions.is_empty());
+}
+
+#[test]
 fn revoked_session_stays_gone_after_reconcile() {
     let mut fixture = ready(MULTI);
     fixture
