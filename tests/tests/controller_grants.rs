@@ -234,3 +234,49 @@ fn concurrent_callers_are_all_served() {
     assert!(failures.is_empty(), "{failures:#?}\n{}", lab.log());
     assert_eq!(lab.kernel_sessions().len(), 2);
 }
+
+#[test]
+fn invalid_cli_input_exits_two() {
+    let lab = lab();
+    let cases: [&[&str]; 3] = [
+        &[
+            "session",
+            "grant",
+            "laptop",
+            "gateway-icmp,,other",
+            "--duration",
+            "1h",
+        ],
+        &["explain", "192.0.2.2", "192.0.2.1", "--protocol", "sctpx"],
+        &[
+            "session",
+            "grant",
+            "--from",
+            "/nonexistent/grants.txt",
+            "--duration",
+            "1h",
+        ],
+    ];
+    for args in cases {
+        let output = lab.cli(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+        assert!(
+            !text(&output).contains("invalid digit"),
+            "{args:?} leaks the parser's text: {}",
+            text(&output)
+        );
+    }
+    let mut json = vec!["--output", "json"];
+    json.extend_from_slice(cases[0]);
+    let output = lab.cli(&json);
+    let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(error["error"]["code"], "invalid", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has an empty name"),
+        "{error}"
+    );
+    assert!(lab.kernel_sessions().is_empty());
+}

@@ -238,7 +238,22 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("failed to write the man page")?;
             return Ok(ExitCode::SUCCESS);
         }
-        command => request_of(command)?,
+        command => match request_of(command) {
+            Ok(request) => request,
+            Err(err) => {
+                // The request was invalid before it reached the daemon: the same exit code
+                // and output shape as the daemon's own `invalid` errors.
+                let message = format!("{err:#}");
+                match cli.output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({ "error": { "code": ErrorCode::Invalid, "message": message } })
+                    ),
+                    Output::Human => eprintln!("enforcer: {message}"),
+                }
+                return Ok(ExitCode::from(ErrorCode::Invalid.exit_code()));
+            }
+        },
     };
 
     let response = match client::call(&cli.socket, &request) {
@@ -327,6 +342,12 @@ fn grant_request(
     duration: std::time::Duration,
 ) -> anyhow::Result<Request> {
     let duration_secs = duration.as_secs();
+    if resources.iter().any(|resource| resource.trim().is_empty()) {
+        anyhow::bail!(
+            "the resource list {:?} has an empty name; separate resource names with single commas, such as wiki,files",
+            resources.join(",")
+        );
+    }
     let mut grants = match (from, device) {
         (Some(path), _) => read_grant_pairs(&path)?,
         (None, Some(device)) => resources
@@ -405,8 +426,8 @@ fn parse_protocol(text: &str) -> anyhow::Result<u8> {
         "sctp" => 132,
         "icmp" => 1,
         "icmpv6" => 58,
-        other => other.parse().with_context(|| {
-            format!("protocol {other:?} is invalid: use tcp, udp, sctp, icmp, icmpv6 or a number from 0 to 255")
+        other => other.parse().map_err(|_| {
+            anyhow::anyhow!("protocol {other:?} is invalid: use tcp, udp, sctp, icmp, icmpv6 or a number from 0 to 255")
         })?,
     })
 }
