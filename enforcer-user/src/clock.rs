@@ -160,13 +160,26 @@ pub fn instant_at_wall(now: &Instant, wall_unix_ns: u64) -> Instant {
 
 /// Wall time, in Unix nanoseconds, at which a boot-time expiry falls, for display.
 pub fn expiry_wall_ns(expires_boot_ns: u64, now: &Instant) -> u64 {
-    let remaining = expires_boot_ns.saturating_sub(now.boot_ns);
-    now.wall_unix_ns.saturating_add(remaining)
+    if expires_boot_ns >= now.boot_ns {
+        now.wall_unix_ns
+            .saturating_add(expires_boot_ns - now.boot_ns)
+    } else {
+        // An expiry in the past stays where it was, rather than moving along with now.
+        now.wall_unix_ns
+            .saturating_sub(now.boot_ns - expires_boot_ns)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_expiry_keeps_its_wall_time() {
+        let now = instant(10_000_000_000_000, 500_000_000_000, "boot");
+        assert_eq!(expiry_wall_ns(440_000_000_000, &now), 9_940_000_000_000);
+        assert_eq!(expiry_wall_ns(560_000_000_000, &now), 10_060_000_000_000);
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 
