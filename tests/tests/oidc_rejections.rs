@@ -397,6 +397,25 @@ async fn provider_issuer_trailing_slash_rejected() {
 }
 
 #[tokio::test]
+async fn issuer_with_wrong_path_names_the_issuer() {
+    let server = oidc::start_provider(&[REDIRECT.to_owned()]).expect("start the test IdP");
+    let env_name = unique_env_name();
+    // SAFETY: each call sets its own variable name, which no other thread reads or writes.
+    unsafe { std::env::set_var(&env_name, oidc::CLIENT_SECRET) };
+    let config = config(&format!("{}/realms/other", server.issuer), &env_name, "");
+    let secret = config.load_client_secret().expect("read the client secret");
+    let result = IdentityProvider::discover(config, secret).await;
+    let Err(err) = result else {
+        panic!("discovery of a wrong issuer path succeeded");
+    };
+    assert!(
+        matches!(err, IdpError::NoDiscovery { status: 404, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("check `issuer` in [idp]"), "{err}");
+}
+
+#[tokio::test]
 async fn callback_issuer_mismatch_rejected() {
     let env = hostile_env().await;
     let request = env

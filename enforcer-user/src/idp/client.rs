@@ -225,6 +225,13 @@ async fn fetch_metadata(http: &reqwest::Client, issuer: &str) -> Result<Metadata
     };
     let response = http.get(&url).send().await.map_err(unreachable)?;
     let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
+        return Err(IdpError::NoDiscovery {
+            url,
+            status: status.as_u16(),
+            issuer: issuer.to_owned(),
+        });
+    }
     if !status.is_success() {
         return Err(IdpError::Unreachable {
             url,

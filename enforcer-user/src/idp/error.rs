@@ -34,6 +34,15 @@ pub enum IdpError {
     #[error("failed to fetch {url}: {reason}; check that the IdP is reachable from the gateway")]
     Unreachable { url: String, reason: String },
 
+    #[error(
+        "the IdP answered {url} with HTTP status {status}, so it serves no discovery document for issuer {issuer}; check `issuer` in [idp], which must be exactly the issuer the IdP publishes, path included"
+    )]
+    NoDiscovery {
+        url: String,
+        status: u16,
+        issuer: String,
+    },
+
     #[error("invalid document at {url}: {reason}")]
     InvalidDocument { url: String, reason: String },
 
