@@ -471,21 +471,10 @@ pub fn browser_sign_in(
     login: &str,
     otp: Option<&str>,
 ) -> anyhow::Result<String> {
-    let path = PathBuf::from("/run/netns").join(client_netns);
-    let target = std::fs::File::open(&path)
-        .with_context(|| format!("namespace {client_netns} is missing; is the lab up?"))?;
     let login = login.to_owned();
     let otp = otp.map(str::to_owned);
-    // A fresh thread enters the namespace, so chromedriver, chromium and every socket of the
-    // driver's runtime live in the client namespace.
-    std::thread::spawn(move || -> anyhow::Result<String> {
-        crate::setns(&target)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("failed to build the browser runtime")?;
-        runtime.block_on(async {
-            let browser = Browser::start().await?;
+    with_browser_in(client_netns, move |browser| {
+        Box::pin(async move {
             browser.goto(&portal_url("/")).await?;
             browser.click("#sign-in").await?;
             browser
@@ -494,6 +483,53 @@ pub fn browser_sign_in(
             browser.sign_in(&login, otp.as_deref()).await?;
             browser.wait_for_url(&portal_url("/callback")).await?;
             browser.body_text().await
+        })
+    })
+}
+
+/// Approves the device code `user_code` as `login` with headless chromium started inside
+/// namespace `client_netns`, as a user does on a second device.
+pub fn browser_approve_device_code(
+    client_netns: &str,
+    user_code: &str,
+    login: &str,
+    otp: Option<&str>,
+) -> anyhow::Result<()> {
+    let issuer = format!("http://{GATEWAY_V4}:{IDP_PORT}");
+    let url = format!("{issuer}/device?user_code={user_code}");
+    let login = login.to_owned();
+    let otp = otp.map(str::to_owned);
+    with_browser_in(client_netns, move |browser| {
+        Box::pin(async move {
+            browser
+                .approve_device_code(&url, &issuer, &login, otp.as_deref())
+                .await
+        })
+    })
+}
+
+type BrowserTask<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + 'a>>;
+
+/// Runs `task` with a headless chromium inside namespace `client_netns`. A fresh thread
+/// enters the namespace, so chromedriver, chromium and every socket of the driver's runtime
+/// live in it.
+fn with_browser_in<T: Send + 'static>(
+    client_netns: &str,
+    task: impl for<'a> FnOnce(&'a Browser) -> BrowserTask<'a, T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = PathBuf::from("/run/netns").join(client_netns);
+    let target = std::fs::File::open(&path)
+        .with_context(|| format!("namespace {client_netns} is missing; is the lab up?"))?;
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        crate::setns(&target)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to build the browser runtime")?;
+        runtime.block_on(async {
+            let browser = Browser::start().await?;
+            task(&browser).await
         })
     })
     .join()

@@ -405,7 +405,28 @@ impl Browser {
         self.click("#submit").await
     }
 
-    /// Waits until the current URL starts with `prefix`, polling for at most 15 s.
+    /// Approves a device code at `verification_url` as `login`: confirms the code, signs in
+    /// at the provider `issuer` and waits, at most 10 s, until the login form is gone.
+    pub async fn approve_device_code(
+        &self,
+        verification_url: &str,
+        issuer: &str,
+        login: &str,
+        otp: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.goto(verification_url).await?;
+        self.click("button[type=submit]").await?;
+        self.wait_for_url(&format!("{issuer}/interaction/")).await?;
+        self.sign_in(login, otp).await?;
+        let started = Instant::now();
+        while self.exists("#login-form").await && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until the current URL starts with `prefix`, polling for at most 30 s, because a
+    /// loaded 2-core machine has been seen taking over 15 s.
     pub async fn wait_for_url(&self, prefix: &str) -> anyhow::Result<String> {
         let started = Instant::now();
         loop {
@@ -413,8 +434,8 @@ impl Browser {
             if url.starts_with(prefix) {
                 return Ok(url);
             }
-            if started.elapsed() > Duration::from_secs(15) {
-                bail!("the browser is at {url}, not at {prefix}..., after 15 s");
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the browser is at {url}, not at {prefix}..., after 30 s");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -269,32 +269,15 @@ fn start_device_sign_in(gateway: &Gateway, idp: &NodeServer) -> String {
     complete
 }
 
-/// Approves the device code at `verification_url` as `login`, with chromium in the client
+/// Approves the device code at `verification_url` as alice, with chromium in the client
 /// namespace.
 async fn approve_device_code(gateway: &Gateway, idp: &NodeServer, verification_url: &str) {
     let _inside = gateway.client.enter().expect("enter the client namespace");
     let browser = Browser::start().await.expect("start chromium");
     browser
-        .goto(verification_url)
+        .approve_device_code(verification_url, &idp.issuer, "alice", None)
         .await
-        .expect("open the verification URL");
-    browser
-        .click("button[type=submit]")
-        .await
-        .expect("confirm the user code");
-    browser
-        .wait_for_url(&format!("{}/interaction/", idp.issuer))
-        .await
-        .expect("the IdP asks the user to sign in");
-    browser
-        .sign_in("alice", None)
-        .await
-        .expect("submit the login form");
-    // The IdP shows its success page; wait until it left the login form, at most 10 s.
-    let started = Instant::now();
-    while browser.exists("#login-form").await && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        .expect("approve the device code");
 }
 
 /// Polls `GET /device` from the laptop until the sign-in is no longer waiting, at most 60 s

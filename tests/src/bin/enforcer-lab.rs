@@ -51,6 +51,18 @@ enum Command {
         #[arg(long)]
         otp: bool,
     },
+    /// Approve a device code from the portal's device sign-in with headless chromium in the
+    /// client namespace, as the user would on a phone.
+    Approve {
+        /// The user code the portal printed, such as ABCD-EFGH.
+        code: String,
+        /// Account at the lab's identity provider: alice, bob or carol.
+        #[arg(long, default_value = "alice")]
+        login: String,
+        /// Enter the one-time code too, as the step-up resource requires.
+        #[arg(long)]
+        otp: bool,
+    },
     /// Serve TCP and UDP echo on one address and port until killed.
     Echo {
         /// Address and port to listen on, for example 198.51.100.10:7.
@@ -68,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Signin { login, otp } => signin(login, otp).await,
+        Command::Approve { code, login, otp } => approve(code, login, otp).await,
         Command::Echo { listen } => echo(listen).await,
     }
 }
@@ -174,8 +187,10 @@ Try, as root in another terminal:
 
   # 2. Sign in, with a real browser in the client namespace...
   {me} signin alice
-  #    ...or with the device code, from curl:
+  #    ...or with the device code, from curl, approved as on a phone with the printed code:
   ip netns exec {client} curl -sS -X POST {portal}device
+  {me} approve CODE
+  ip netns exec {client} curl -sS {portal}device
 
   # 3. The same requests now pass, over TCP and UDP:
   ip netns exec {client} curl -sS http://{wiki}/
@@ -214,6 +229,25 @@ async fn signin(login: String, otp: bool) -> anyhow::Result<()> {
     .await
     .context("the sign-in task failed")??;
     println!("{body}");
+    Ok(())
+}
+
+async fn approve(code: String, login: String, otp: bool) -> anyhow::Result<()> {
+    let client = format!("{PREFIX}client");
+    tokio::task::spawn_blocking(move || {
+        lab::browser_approve_device_code(
+            &client,
+            &code,
+            &login,
+            otp.then_some(enforcer_tests::oidc::OTP),
+        )
+    })
+    .await
+    .context("the approval task failed")??;
+    say(&format!(
+        "approved the code; the portal finishes the sign-in at its next poll: ip netns exec {PREFIX}client curl -sS {}device",
+        lab::portal_url("/")
+    ));
     Ok(())
 }
 
