@@ -765,6 +765,12 @@ fn nft_section(bench: &Bench, nft: &NftLayout, plotted: &[usize]) -> String {
         .chain(plotted.iter().copied())
         .collect();
     text.push_str(&variant_table(bench, &indices));
+    let _ = writeln!(
+        text,
+        "\nThe enforcer's denied frame can cost less than the stack floor: the floor program \
+         passes its frame into the stack, while the enforcer drops the denied frame in XDP, so \
+         that frame never enters the stack at all."
+    );
     text
 }
 
@@ -948,7 +954,7 @@ fn table_against_caches(table: u64, caches: &[(u32, u64)]) -> String {
             .iter()
             .map(|(level, bytes)| format!("L{level} {}", format_bytes(*bytes)))
             .collect();
-        format!("caches of {}", sizes.join(", "))
+        format!("CPU 0's caches of {}", sizes.join(", "))
     };
     let size = format!(
         "the session table is about {} at this size (an estimate: 64 bytes per element plus 16 per bucket), against {listed}",
