@@ -42,7 +42,32 @@ impl TempDir {
         ));
         std::fs::create_dir_all(&path)
             .with_context(|| format!("failed to create {}", path.display()))?;
+        // The folder holds the test IdP's configuration with its client secret.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("failed to make {} private", path.display()))?;
         Ok(Self(path))
+    }
+
+    /// Removes the folders of `role` that processes which no longer run left behind, for
+    /// example after a kill -9.
+    pub fn remove_stale(role: &str) {
+        let prefix = format!("enforcer-{role}-");
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

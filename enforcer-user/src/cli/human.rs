@@ -219,7 +219,13 @@ fn resources(out: &mut String, result: &Value) {
                     Some(range) => format!(":{}-{}", range[0], range[1]),
                     None => String::new(),
                 };
-                format!("{}{ports}", plain(&destination["prefix"]))
+                // "any" protocol is left out; a number is shown by name, such as udp.
+                let protocol = destination["protocol"]["Number"]
+                    .as_u64()
+                    .and_then(|number| u8::try_from(number).ok())
+                    .map(|number| format!(" {}", crate::policy::Protocol::Number(number).name()))
+                    .unwrap_or_default();
+                format!("{}{protocol}{ports}", plain(&destination["prefix"]))
             })
             .collect();
         let session = resource["session"].as_u64().unwrap_or(0);
@@ -315,7 +321,13 @@ fn key_values(out: &mut String, indent: &str, value: &Value) {
     match value.as_object() {
         Some(map) => {
             for (key, value) in map {
-                let _ = writeln!(out, "{indent}{key:<22} {}", plain(value));
+                if value.is_object() {
+                    // A nested report, such as reload's map changes, indented under its key.
+                    let _ = writeln!(out, "{indent}{key}");
+                    key_values(out, &format!("{indent}  "), value);
+                } else {
+                    let _ = writeln!(out, "{indent}{key:<22} {}", plain(value));
+                }
             }
         }
         None => {
@@ -349,6 +361,39 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn resource_list_names_protocols() {
+        let result = json!([{
+            "id": 2,
+            "resource": {
+                "name": "files",
+                "session": 28800,
+                "step_up": false,
+                "on_expiry": "reject",
+                "destinations": [
+                    { "prefix": "198.51.100.20/32", "protocol": { "Number": 17 }, "ports": [7, 7] },
+                    { "prefix": "198.51.100.21/32", "protocol": "Any", "ports": null }
+                ]
+            }
+        }]);
+        let text = render(&Request::ResourceList, &result);
+        assert!(text.contains("198.51.100.20/32 udp:7"), "{text}");
+        assert!(text.contains("198.51.100.21/32"), "{text}");
+        assert!(!text.contains("Any"), "{text}");
+    }
+
+    #[test]
+    fn nested_report_is_indented() {
+        let mut out = String::new();
+        key_values(
+            &mut out,
+            "",
+            &json!({ "resources": 3, "maps": { "prefixes_removed": 6 } }),
+        );
+        assert!(out.contains("maps\n  prefixes_removed"), "{out}");
+        assert!(!out.contains('{'), "{out}");
+    }
 
     #[test]
     fn session_list_aligns_device_column() {

@@ -107,6 +107,9 @@ fn down() {
     }
     let _ = std::fs::remove_dir_all(PIN_ROOT);
     let _ = std::fs::remove_dir_all(STATE_DIR);
+    for role in ["idp", "chromium"] {
+        enforcer_tests::oidc::TempDir::remove_stale(role);
+    }
 }
 
 async fn up(policy: PathBuf) -> anyhow::Result<()> {
