@@ -42,7 +42,7 @@ impl TempDir {
         ));
         std::fs::create_dir_all(&path)
             .with_context(|| format!("failed to create {}", path.display()))?;
-        // The folder holds the test IdP's configuration with its client secret.
+        // The test IdP writes its configuration, client secret included, into this folder.
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .with_context(|| format!("failed to make {} private", path.display()))?;
         Ok(Self(path))
