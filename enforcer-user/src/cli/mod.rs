@@ -169,7 +169,7 @@ pub struct RevokeArgs {
     /// Resource name.
     #[arg(long)]
     resource: Option<String>,
-    /// User, by subject or by verified email; needs --issuer.
+    /// User, by subject or by verified email (a subject match wins); needs --issuer.
     #[arg(long, requires = "issuer", conflicts_with_all = ["device", "resource"])]
     user: Option<String>,
     /// Issuer of --user.

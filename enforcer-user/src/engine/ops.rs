@@ -12,7 +12,7 @@ use crate::{
     policy::{Policy, Principal, Resource, compile_prefixes},
     store::{
         AuditEntry, AuditKind, AuthRecord, DeviceRecord, GrantSource, SessionRecord, SessionView,
-        StoreWrite, UserKey, UserRecord,
+        StoreError, StoreWrite, UserKey, UserRecord,
     },
 };
 
@@ -540,18 +540,41 @@ impl<M: KernelMaps> Engine<M> {
         })
     }
 
-    /// Returns the keys of the known users that `name` names at `issuer`: by subject or by
-    /// verified email, with or without a trailing slash on the issuer. A revocation that
+    /// Returns the keys of the known users that `name` names at `issuer`, with or without a
+    /// trailing slash on the issuer. A subject match wins over an email match, because one
+    /// user's subject can be another user's email. An email that several subjects signed in
+    /// with is a conflict, so a revocation never reaches beyond one person. A revocation that
     /// matches no user is reported as not found rather than as zero sessions revoked.
     fn users_named(&self, issuer: &str, name: &str) -> Result<Vec<UserKey>, EngineError> {
         let users = self.store.users()?;
         let same_issuer = |other: &str| other.trim_end_matches('/') == issuer.trim_end_matches('/');
-        let keys: Vec<UserKey> = users
+        let at_issuer: Vec<&UserRecord> = users
             .iter()
             .filter(|user| same_issuer(&user.key.issuer))
-            .filter(|user| user.key.subject == name || user.email.as_deref() == Some(name))
+            .collect();
+        let by_subject: Vec<UserKey> = at_issuer
+            .iter()
+            .filter(|user| user.key.subject == name)
             .map(|user| user.key.clone())
             .collect();
+        if !by_subject.is_empty() {
+            return Ok(by_subject);
+        }
+        let keys: Vec<UserKey> = at_issuer
+            .iter()
+            .filter(|user| user.email.as_deref() == Some(name))
+            .map(|user| user.key.clone())
+            .collect();
+        let mut subjects: Vec<&str> = keys.iter().map(|key| key.subject.as_str()).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        if subjects.len() > 1 {
+            return Err(EngineError::Store(StoreError::Conflict(format!(
+                "email {name:?} of issuer {issuer:?} belongs to {} users (subjects {}); pass the subject of the one to revoke",
+                subjects.len(),
+                subjects.join(", ")
+            ))));
+        }
         if keys.is_empty() {
             let known: Vec<String> = users
                 .iter()

@@ -437,6 +437,107 @@ fn revoke_user_by_email_or_slash() {
     assert!(fixture.engine.maps().sessions.is_empty());
 }
 
+/// Signs `user` in on `device_id` with group staff, so it gets wiki and git.
+fn sign_in_staff(fixture: &mut Fixture, device_id: u32, subject: &str, email: &str) {
+    let key = UserKey {
+        issuer: alice().issuer,
+        subject: subject.to_owned(),
+    };
+    let record = UserRecord {
+        key: key.clone(),
+        email: Some(email.to_owned()),
+        ..alice_record()
+    };
+    let auth = crate::store::AuthRecord {
+        user: key,
+        ..auth(&["mfa"], start())
+    };
+    fixture.engine.sign_in(device_id, record, auth).unwrap();
+}
+
+fn revoke_user(fixture: &mut Fixture, name: &str) -> Result<RevokeReport, EngineError> {
+    fixture.engine.revoke(
+        &RevokeSelector::User {
+            issuer: alice().issuer,
+            subject: name.to_owned(),
+        },
+        "admin:uid=0",
+    )
+}
+
+fn sessions_of_device(fixture: &Fixture, device_id: u32) -> usize {
+    let sessions = fixture.engine.store().sessions().unwrap();
+    sessions
+        .iter()
+        .filter(|session| session.device_id == device_id)
+        .count()
+}
+
+#[test]
+fn revoke_user_subject_beats_email() {
+    let mut fixture = ready(MULTI);
+    // Alice's email is the kiosk user's subject, so that string names the kiosk user alone.
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    sign_in_staff(&mut fixture, 2, "alice@example.com", "kiosk@example.com");
+    let alice_sessions = sessions_of_device(&fixture, 1);
+    let kiosk_sessions = sessions_of_device(&fixture, 2);
+    assert!(alice_sessions > 0);
+    assert!(kiosk_sessions > 0);
+
+    let report = revoke_user(&mut fixture, "alice@example.com").unwrap();
+    assert_eq!(report.sessions, kiosk_sessions);
+    assert_eq!(sessions_of_device(&fixture, 1), alice_sessions);
+    assert_eq!(sessions_of_device(&fixture, 2), 0);
+}
+
+#[test]
+fn revoke_user_shared_email_is_conflict() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    sign_in_staff(&mut fixture, 2, "alice-second", "alice@example.com");
+    let alice_sessions = sessions_of_device(&fixture, 1);
+    let second_sessions = sessions_of_device(&fixture, 2);
+
+    let err = revoke_user(&mut fixture, "alice@example.com").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::Store(crate::store::StoreError::Conflict(_))
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("alice-second"), "{err}");
+    assert!(
+        err.to_string().contains("alice,") || err.to_string().contains("alice "),
+        "{err}"
+    );
+    assert_eq!(sessions_of_device(&fixture, 1), alice_sessions);
+    assert_eq!(sessions_of_device(&fixture, 2), second_sessions);
+
+    let report = revoke_user(&mut fixture, "alice-second").unwrap();
+    assert_eq!(report.sessions, second_sessions);
+    assert_eq!(sessions_of_device(&fixture, 1), alice_sessions);
+}
+
+#[test]
+fn revoke_user_empty_name_not_found() {
+    let mut fixture = ready(MULTI);
+    fixture
+        .engine
+        .sign_in(1, alice_record(), auth(&["mfa"], start()))
+        .unwrap();
+    let before = sessions_of_device(&fixture, 1);
+    let err = revoke_user(&mut fixture, "").unwrap_err();
+    assert!(matches!(err, EngineError::NotFound { .. }), "{err}");
+    assert_eq!(sessions_of_device(&fixture, 1), before);
+}
+
 #[test]
 fn revoked_session_stays_gone_after_reconcile() {
     let mut fixture = ready(MULTI);
