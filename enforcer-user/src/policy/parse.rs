@@ -74,18 +74,15 @@ struct RawDevice {
 /// Collects errors with the line each refers to.
 struct Errors<'a> {
     file: &'a str,
-    text: &'a str,
+    /// Byte offset at which each line after the first starts, so that a line lookup is a
+    /// binary search rather than a count over the text before it.
+    line_starts: Vec<usize>,
     list: Vec<PolicyError>,
 }
 
 impl Errors<'_> {
     fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|byte| **byte == b'\n')
-            .count()
-            + 1
+        self.line_starts.partition_point(|start| *start <= offset) + 1
     }
 
     fn push<T>(&mut self, at: &Spanned<T>, message: String) {
@@ -102,7 +99,7 @@ impl Errors<'_> {
 pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
     let mut errors = Errors {
         file,
-        text,
+        line_starts: text.match_indices('\n').map(|(at, _)| at + 1).collect(),
         list: Vec::new(),
     };
     let raw: RawPolicy = match toml::from_str(text) {
