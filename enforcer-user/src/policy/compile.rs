@@ -1,7 +1,7 @@
 //! Compiles a policy into the kernel's prefix table: for each destination prefix, the rules
 //! tried in order, with the rules inherited from covering prefixes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use common::{
     MAX_RULES_PER_PREFIX, PrefixRules, RULE_FLAG_ANY_PORT, RULE_FLAG_MONITOR, ResourceRule,
@@ -63,10 +63,20 @@ pub fn compile_prefixes(
 
     let mut errors = Vec::new();
     let mut compiled = Vec::new();
+    // Parsing rejects prefixes with host bits set, so each key is a network, and the prefixes
+    // covering one are found by truncating it to each shorter length the policy uses, rather
+    // than by comparing it with every other prefix.
+    let lengths: BTreeSet<(bool, u8)> = own
+        .keys()
+        .map(|prefix| (matches!(prefix, IpNet::V4(_)), prefix.prefix_len()))
+        .collect();
     for (prefix, (line, rules)) in &own {
-        let mut covering: Vec<(&IpNet, &Vec<ResourceRule>)> = own
+        let is_v4 = matches!(prefix, IpNet::V4(_));
+        let mut covering: Vec<(&IpNet, &Vec<ResourceRule>)> = lengths
             .iter()
-            .filter(|(other, _)| *other != prefix && other.contains(prefix))
+            .filter(|(v4, length)| *v4 == is_v4 && *length < prefix.prefix_len())
+            .filter_map(|(_, length)| IpNet::new(prefix.addr(), *length).ok())
+            .filter_map(|candidate| own.get_key_value(&candidate.trunc()))
             .map(|(other, (_, rules))| (other, rules))
             .collect();
         covering.sort_by_key(|(other, _)| std::cmp::Reverse(other.prefix_len()));
@@ -178,5 +188,29 @@ session = "1h"
         let errors = compile(&text).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert!(errors[0].message.contains("maximum of 16"), "{}", errors[0]);
+    }
+    #[test]
+    fn ten_thousand_hosts_inherit_once() {
+        let mut text = String::from(
+            "[[resource]]\nname = \"net\"\ndestinations = [{ prefix = \"10.0.0.0/8\" }, { prefix = \"2001:db8::/32\" }]\nsession = \"1h\"\n",
+        );
+        for index in 0..10_000u32 {
+            let [_, _, high, low] = index.to_be_bytes();
+            text.push_str(&format!(
+                "[[resource]]\nname = \"host{index}\"\ndestinations = [{{ prefix = \"10.1.{high}.{low}\" }}]\nsession = \"1h\"\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let compiled = compile(&text).unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(compiled.len(), 10_002);
+        for entry in &compiled {
+            let is_host = matches!(entry.prefix, IpNet::V4(_)) && entry.prefix.prefix_len() == 32;
+            let expected = if is_host { 2 } else { 1 };
+            assert_eq!(entry.rules.count, expected, "{}", entry.prefix);
+        }
+        // Comparing every pair of prefixes made `enforcer check` of 10,000 prefixes take about 9 s
+        // in a debug build on a 2-core VM.
+        assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
     }
 }
