@@ -280,3 +280,43 @@ fn invalid_cli_input_exits_two() {
     );
     assert!(lab.kernel_sessions().is_empty());
 }
+
+#[test]
+fn check_json_reports_errors_and_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "\u{feff}# nothing yet\r\n").unwrap();
+    let output = std::process::Command::new(ENFORCER)
+        .args(["--output", "json", "check"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(error["error"]["code"], "invalid", "{error}");
+
+    let everything = dir.path().join("everything.toml");
+    std::fs::write(
+        &everything,
+        "[[resource]]\nname = \"all\"\ndestinations = [{ prefix = \"::/0\" }]\nsession = \"1h\"\nusers = [\"alice@example.com\"]\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(ENFORCER)
+        .args(["--output", "json", "check"])
+        .arg(&everything)
+        .output()
+        .unwrap();
+    // A warning never changes the exit code.
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["resources"], 1, "{report}");
+    let warnings = report["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{report}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains(":3: resource all protects every IPv6 address"),
+        "{report}"
+    );
+}

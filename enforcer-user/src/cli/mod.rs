@@ -222,7 +222,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run { config } => return run(&config),
         Command::Detach { config } => return detach(&config),
         Command::Idp(IdpCommand::Check { config }) => return idp::check(&config, cli.output),
-        Command::Check { policy } => return check(&policy),
+        Command::Check { policy } => return check(&policy, cli.output),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -439,13 +439,26 @@ fn run(config: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn check(path: &std::path::Path, output: Output) -> anyhow::Result<ExitCode> {
+    let file = path.display().to_string();
+    let invalid = |messages: Vec<String>| {
+        // The same exit code and JSON shape as the daemon's own `invalid` errors.
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::json!({ "error": { "code": ErrorCode::Invalid, "message": messages.join("\n") } })
+            ),
+            Output::Human => {
+                for message in &messages {
+                    eprintln!("enforcer: {message}");
+                }
+            }
+        }
+        Ok(ExitCode::from(ErrorCode::Invalid.exit_code()))
+    };
     let policy = match crate::policy::Policy::load(path) {
         Ok(policy) => policy,
-        Err(err) => {
-            eprintln!("enforcer: {err}");
-            return Ok(ExitCode::from(2));
-        }
+        Err(err) => return invalid(vec![err.to_string()]),
     };
     // Ids only need to be distinct here; the daemon's store assigns the real ones.
     let ids = policy
@@ -454,21 +467,31 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         .enumerate()
         .map(|(index, resource)| (resource.name.clone(), index as u32 + 1))
         .collect();
-    let file = path.display().to_string();
     if let Err(errors) = crate::policy::compile_prefixes(&file, &policy, &ids) {
-        for error in errors {
-            eprintln!("enforcer: {error}");
+        return invalid(errors.iter().map(ToString::to_string).collect());
+    }
+    let warnings = policy.warnings(&file);
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "file": file,
+                "resources": policy.resources.len(),
+                "devices": policy.devices.len(),
+                "warnings": warnings,
+            })
+        ),
+        Output::Human => {
+            for warning in &warnings {
+                eprintln!("enforcer: warning: {warning}");
+            }
+            println!(
+                "{file} is valid: {} resource(s), {} device(s)",
+                policy.resources.len(),
+                policy.devices.len()
+            );
         }
-        return Ok(ExitCode::from(2));
     }
-    for warning in policy.warnings(&file) {
-        eprintln!("enforcer: warning: {warning}");
-    }
-    println!(
-        "{file} is valid: {} resource(s), {} device(s)",
-        policy.resources.len(),
-        policy.devices.len()
-    );
     Ok(ExitCode::SUCCESS)
 }
 
