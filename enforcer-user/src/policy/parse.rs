@@ -143,8 +143,8 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
         errors.list.push(PolicyError {
             file: file.to_owned(),
             line: 1,
-            message: if text.trim().is_empty() {
-                "the policy file is empty; write at least one [[resource]], or restore the file from its last good copy".to_owned()
+            message: if has_no_content(text) {
+                "the policy file is empty, or holds only comments; write at least one [[resource]], or restore the file from its last good copy".to_owned()
             } else {
                 "the policy defines no [[resource]], so it would protect nothing and drop every session; add at least one [[resource]]".to_owned()
             },
@@ -500,6 +500,15 @@ pub fn check_device_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Returns whether `text` holds nothing but a byte order mark, whitespace and comments, as a
+/// truncated copy or a template does.
+fn has_no_content(text: &str) -> bool {
+    text.trim_start_matches('\u{feff}')
+        .lines()
+        .map(str::trim)
+        .all(|line| line.is_empty() || line.starts_with('#'))
+}
+
 fn is_valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -516,6 +525,28 @@ mod tests {
         format!(
             "{text}\n[[resource]]\nname = \"wiki\"\ndestinations = [{{ prefix = \"203.0.113.7\" }}]\nsession = \"1h\"\nusers = [\"alice@example.com\"]\n"
         )
+    }
+
+    #[test]
+    fn blank_or_comment_file_is_empty() {
+        for text in [
+            "\u{feff}",
+            "\u{feff}\r\n \r\n",
+            "# only\n  # comments\r\n",
+            "\t\r\n",
+        ] {
+            let errors = parse("policy.toml", text).expect_err("an empty policy is invalid");
+            assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+            assert!(
+                errors[0].message.contains("the policy file is empty"),
+                "{text:?}: {errors:?}"
+            );
+        }
+        let errors = parse("policy.toml", "[settings]\n").expect_err("no resources");
+        assert!(
+            errors[0].message.contains("defines no [[resource]]"),
+            "{errors:?}"
+        );
     }
 
     #[test]
