@@ -122,8 +122,8 @@ pub fn expiry_boot_ns(start: &Instant, duration: Duration, now: &Instant) -> u64
     )
 }
 
-/// `expiry_boot_ns` for a start given by its wall time, boot time and boot id, as a stored
-/// session view holds them.
+/// Computes `expiry_boot_ns` for a start given by its wall time, boot time and boot id, the
+/// fields of a stored session view.
 pub fn expiry_boot_ns_of(
     start_wall_unix_ns: u64,
     start_boot_ns: u64,

@@ -526,6 +526,7 @@ async fn device_sign_in_over_total_limit_gets_429() {
         .await
         .expect("POST /device from device 1");
     assert_eq!(first.status(), reqwest::StatusCode::OK);
+
     let again = device_1
         .post(format!("{}/device", lab.portal_url))
         .send()
@@ -536,6 +537,7 @@ async fn device_sign_in_over_total_limit_gets_429() {
         reqwest::StatusCode::OK,
         "the device's own grant in progress is shown again"
     );
+
     let over = device_2
         .post(format!("{}/device", lab.portal_url))
         .send()
@@ -612,8 +614,8 @@ async fn dual_stack_portal_sees_ipv4_device() {
 async fn cross_site_requests_start_nothing() {
     let lab = lab_with("max_pending_logins_per_device = 2\n").await;
     let device_1 = client_from(Ipv4Addr::new(127, 0, 0, 1));
-    // What a browser sends for an image, a form or a script of another site that targets
-    // the portal; the request comes from the victim's address.
+    // These are the requests a browser sends for an image, a form or a script of another
+    // site that targets the portal. They come from the victim's address.
     for (method, path) in [
         (reqwest::Method::GET, "/login"),
         (reqwest::Method::POST, "/login"),

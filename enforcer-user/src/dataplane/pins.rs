@@ -354,7 +354,7 @@ pub fn detach(folder: &Path) -> Result<bool, DataplaneError> {
         return Ok(false);
     }
     clear(folder)?;
-    // The pin root holds one folder per interface; it goes too once the last one is gone.
+    // The pin root contains one folder per interface, so it is removed with the last one.
     if let Some(root) = folder.parent() {
         let _ = fs::remove_dir(root);
     }

@@ -91,7 +91,7 @@ impl<M: KernelMaps> Engine<M> {
             name,
             owner: Some(owner),
             addresses: vec![address],
-            // NOTE: no MAC binding, because the portal sees only a TCP connection, and the
+            // NOTE: no MAC binding, because the portal gets only a TCP connection, and the
             // neighbor table has the client's MAC only when it is on a link of the gateway.
             mac: None,
             source: EnrollmentSource::SignIn,

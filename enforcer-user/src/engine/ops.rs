@@ -67,7 +67,7 @@ pub struct ReloadReport {
     pub maps: ReconcileReport,
 }
 
-/// What a sign-in renews, before anything is written.
+/// The sessions and audit record of a sign-in, planned before anything is written.
 pub(super) struct SignInPlan {
     pub report: SignInReport,
     /// Session records with their kernel expiry.
@@ -552,20 +552,21 @@ impl<M: KernelMaps> Engine<M> {
             .iter()
             .filter(|user| same_issuer(&user.key.issuer))
             .collect();
-        let by_subject: Vec<UserKey> = at_issuer
-            .iter()
-            .filter(|user| user.key.subject == name)
-            .map(|user| user.key.clone())
-            .collect();
+        let keys_where = |matches: &dyn Fn(&UserRecord) -> bool| -> Vec<UserKey> {
+            at_issuer
+                .iter()
+                .filter(|user| matches(user))
+                .map(|user| user.key.clone())
+                .collect()
+        };
+
+        let by_subject = keys_where(&|user| user.key.subject == name);
         if !by_subject.is_empty() {
             return Ok(by_subject);
         }
-        let keys: Vec<UserKey> = at_issuer
-            .iter()
-            .filter(|user| user.email.as_deref() == Some(name))
-            .map(|user| user.key.clone())
-            .collect();
-        let mut subjects: Vec<&str> = keys.iter().map(|key| key.subject.as_str()).collect();
+
+        let by_email = keys_where(&|user| user.email.as_deref() == Some(name));
+        let mut subjects: Vec<&str> = by_email.iter().map(|key| key.subject.as_str()).collect();
         subjects.sort_unstable();
         subjects.dedup();
         if subjects.len() > 1 {
@@ -575,26 +576,16 @@ impl<M: KernelMaps> Engine<M> {
                 subjects.join(", ")
             ))));
         }
-        if keys.is_empty() {
-            let known: Vec<String> = users
-                .iter()
-                .take(10)
-                .map(|user| match &user.email {
-                    Some(email) => format!("{} ({email}) of {}", user.key.subject, user.key.issuer),
-                    None => format!("{} of {}", user.key.subject, user.key.issuer),
-                })
-                .collect();
-            let hint = if known.is_empty() {
-                "no user has signed in yet".to_owned()
-            } else {
-                format!("known users: {}", known.join(", "))
-            };
+        if by_email.is_empty() {
             return Err(not_found(
                 format!("user {name:?} of issuer {issuer:?}"),
-                &format!("pass the subject or the email a user signed in with; {hint}"),
+                &format!(
+                    "pass the subject or the email a user signed in with; {}",
+                    known_users(&users)
+                ),
             ));
         }
-        Ok(keys)
+        Ok(by_email)
     }
 
     fn known_resource_id(&self, name: &str) -> Result<u32, EngineError> {
@@ -702,6 +693,22 @@ impl<M: KernelMaps> Engine<M> {
             tracing::error!(device_id, actor, error = %err, "failed to write the audit entry of a rejected sign-in");
         }
     }
+}
+
+/// Lists up to ten known users with their emails and issuers, for a not-found hint.
+fn known_users(users: &[UserRecord]) -> String {
+    if users.is_empty() {
+        return "no user has signed in yet".to_owned();
+    }
+    let known: Vec<String> = users
+        .iter()
+        .take(10)
+        .map(|user| match &user.email {
+            Some(email) => format!("{} ({email}) of {}", user.key.subject, user.key.issuer),
+            None => format!("{} of {}", user.key.subject, user.key.issuer),
+        })
+        .collect();
+    format!("known users: {}", known.join(", "))
 }
 
 pub(super) fn not_found(what: String, hint: &str) -> EngineError {

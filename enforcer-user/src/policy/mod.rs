@@ -239,7 +239,7 @@ impl Policy {
     }
 
     /// Checks that a sign-in from `address`, which no enrolled device has, may enroll one.
-    /// The error says why not and what an administrator can change.
+    /// The error gives the reason and what an administrator can change.
     pub fn check_enrollment(&self, address: IpAddr) -> Result<(), String> {
         let settings = &self.enrollment;
         if !settings.on_first_sign_in {

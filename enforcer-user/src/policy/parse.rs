@@ -500,7 +500,7 @@ pub fn check_device_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Returns whether `text` holds nothing but a byte order mark, whitespace and comments, as a
+/// Returns whether `text` contains nothing but a byte order mark, whitespace and comments, as a
 /// truncated copy or a template does.
 fn has_no_content(text: &str) -> bool {
     text.trim_start_matches('\u{feff}')

@@ -66,6 +66,7 @@ pub(super) async fn start(
     reject_cross_site(&headers, format)?;
     let origin = login_origin(&portal, address, format)?;
     let base_url = portal.base_url(&headers);
+
     // One grant per device (or address) is in progress at a time, and `max_pending_logins`
     // on the gateway, because each one polls the IdP.
     let _starting = match portal.reserve_device_grant(origin.into()) {
@@ -106,12 +107,14 @@ pub(super) async fn start(
             ));
         }
     };
+
     let mfa = query.mfa(&portal, origin);
     let idp = portal.idp(format)?;
     let authorization = idp
         .start_device_authorization(LoginOptions { mfa })
         .await
         .map_err(|err| sign_in_failed(origin, err, format))?;
+
     let record = PendingDeviceGrant {
         key: store_key(origin),
         device_id: origin.device_id,

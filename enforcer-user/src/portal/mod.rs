@@ -291,7 +291,7 @@ impl Portal {
     }
 
     /// Records `key`'s grant. A finished one drops the oldest finished outcome beyond
-    /// `max_pending_logins`, so a user whose result was dropped sees the device's sessions on
+    /// `max_pending_logins`, so a user whose result was dropped finds the device's sessions on
     /// the status page instead.
     fn set_device_grant(&self, key: OriginKey, grant: DeviceGrant) {
         let max_finished = self.pending.limits().total;
@@ -409,7 +409,7 @@ pub(crate) fn reject_cross_site(headers: &HeaderMap, format: Format) -> Result<(
     Ok(())
 }
 
-/// Returns the source address of a request as the data path sees it. A socket bound to
+/// Returns the source address of a request as the data path matches it. A socket bound to
 /// `[::]` reports an IPv4 client as IPv4-mapped (`::ffff:192.0.2.7`), but devices, the kernel
 /// device map and `enroll_from` use the IPv4 address.
 fn source_address(address: SocketAddr) -> IpAddr {

@@ -140,7 +140,7 @@ impl WebhookSecret {
     }
 
     fn hmac(&self) -> Hmac<Sha256> {
-        // HMAC accepts a key of any length, so this never fails.
+        // The hmac crate hashes or pads a key of any length and never returns its error here.
         <Hmac<Sha256> as hmac::Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }
 

@@ -265,7 +265,7 @@ fn truncated_file_is_reported_damaged() {
 }
 
 /// Unpacks `testdata/schema-v1.redb.gz`, a store written by the schema-version-1 code (JSON
-/// session values), into `dir`. It holds the devices laptop and kiosk, the user alice with an
+/// session values), into `dir`. It contains the devices laptop and kiosk, the user alice with an
 /// authentication on laptop, the resources wiki and db, three sessions and one audit record.
 fn schema_v1_store(dir: &std::path::Path) -> std::path::PathBuf {
     let packed = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

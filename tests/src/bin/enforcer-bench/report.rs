@@ -783,9 +783,9 @@ fn storm_section(bench: &Bench, calm: usize, storm: usize, rate: &PuntRate) -> S
          denied packet makes a punt instead of being rate-limited per pair, the heaviest punt \
          load the program produces. A thread drains the `PUNTS` ring buffer throughout, as the \
          reauth responder does. Each measurement alternates an allowed frame with a second \
-         frame, one test run with repeat 1 each, and times only the allowed frame; its floor is \
+         frame, one test run with repeat 1 each, and times only the allowed frame. Its floor is \
          the floor program run the same way. The figure compares the storm with the same two \
-         frames through a second fixture that keeps the default punt interval: there the \
+         frames through a second fixture that keeps the default punt interval. There the \
          expired frame takes the same path, but its punt is rate-limited, so the two differ \
          only in the ring buffer write and the reader's work. The row with a hit as the second \
          frame is a reference only: its second frame skips the deny path, so its cache \
@@ -902,29 +902,29 @@ fn unmet_figures(results: &Results, figures: &[Figure]) -> String {
         let limit = if figure.name.starts_with("live session hit")
             && figure.name.contains("one flow")
         {
-            "the hit path makes three map lookups (prefix, device, session) and one clock read per packet; the breakdown under the verdict cases splits the cost into the parse with the prefix lookup and the rest.".to_owned()
+            "The hit path makes three map lookups (prefix, device, session) and one clock read per packet. The breakdown under the verdict cases splits the cost into the parse with the prefix lookup and the rest.".to_owned()
         } else if figure.name.starts_with("live session hit") {
             format!(
-                "every cold packet follows a test-run syscall, and its device, prefix and session lookups are dependent cache misses; {}.",
+                "Every cold packet follows a test-run syscall, and its device, prefix and session lookups are dependent cache misses. {}.",
                 table_against_caches(table_bytes, &caches)
             )
         } else if figure.name.starts_with("cost at") {
             format!(
-                "{}; with one flow the entry stays cached and the sizes cost the same.",
+                "{}. With one flow the entry stays cached and the sizes cost the same.",
                 table_against_caches(table_bytes, &caches)
             )
         } else if figure.name.starts_with("enforcer over floor") {
-            "the enforcer's own lookups, above, against one interval-set and one hash-set lookup of nftables.".to_owned()
+            "The enforcer makes its own lookups, above, against one interval-set and one hash-set lookup of nftables.".to_owned()
         } else if figure.name.starts_with("allowed-traffic cost change") {
-            "the two variants differ only in whether the second frame's punt is written to the ring buffer and drained by the reader thread, so the change is what that costs the allowed frame on this 2-CPU machine; the punt storm section has the rows.".to_owned()
+            "The two variants differ only in whether the second frame's punt is written to the ring buffer and drained by the reader thread, so the change is what that costs the allowed frame on this 2-CPU machine. The punt storm section has the rows.".to_owned()
         } else if figure.name.starts_with("daemon reconciles") {
-            "the reconcile phases in the control-plane table show where the time goes.".to_owned()
+            "The reconcile phases in the control-plane table show where the time goes.".to_owned()
         } else {
-            "see the tables below.".to_owned()
+            "See the tables below.".to_owned()
         };
         let _ = writeln!(
             text,
-            "- {}: measured {}; {limit}",
+            "- {}: measured {}. {limit}",
             figure.name, figure.measured
         );
     }
@@ -957,12 +957,12 @@ fn table_against_caches(table: u64, caches: &[(u32, u64)]) -> String {
         format!("CPU 0's caches of {}", sizes.join(", "))
     };
     let size = format!(
-        "the session table is about {} at this size (an estimate: 64 bytes per element plus 16 per bucket), against {listed}",
+        "The session table is about {} at this size (an estimate: 64 bytes per element plus 16 per bucket), against {listed}",
         format_bytes(table)
     );
     match caches.last() {
         Some((level, last)) if table <= *last => format!(
-            "{size}. It fits the L{level} that this virtual CPU reports, which the host shares with other guests, but not the levels below it, so each cold session lookup misses them and most likely the TLB too"
+            "{size}. It fits the L{level} that this virtual CPU reports, which the host shares with other guests. It does not fit the levels below, so each cold session lookup misses them and most likely the TLB too"
         ),
         Some(_) => format!("{size}, so cold session lookups go to memory"),
         None => size,

@@ -3,9 +3,9 @@
 //!
 //! A client and a gateway namespace are joined by a veth pair. The test IdP (`oidc-provider`)
 //! and the daemon's portal listen on the gateway's address, and headless chromium signs alice
-//! in from the client namespace, so the portal sees the device's own address. The daemon logs
-//! the callback's arrival at debug level with a microsecond timestamp. Meanwhile a thread runs
-//! the device's TCP SYN through the daemon's pinned program with `BPF_PROG_TEST_RUN` and
+//! in from the client namespace, so the portal gets requests from the device's own address.
+//! The daemon logs the callback's arrival at debug level with a microsecond timestamp.
+//! Meanwhile a thread runs the device's TCP SYN through the daemon's pinned program with `BPF_PROG_TEST_RUN` and
 //! records the wall time of the first pass. Between sign-ins the session is revoked.
 
 use std::{

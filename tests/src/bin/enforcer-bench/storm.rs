@@ -5,7 +5,7 @@
 //! rather than being rate-limited per pair: the heaviest punt load the program can produce.
 //! A reader thread drains the `PUNTS` ring buffer for the whole run, as the reauth responder
 //! would. The baseline sends the same two frames through a second fixture with the default
-//! punt interval, where the expired frame takes the same path but its punt is rate-limited,
+//! punt interval. There the expired frame takes the same path, but its punt is rate-limited,
 //! so the two variants differ only in the ring buffer write and the reader's work.
 
 use std::{
