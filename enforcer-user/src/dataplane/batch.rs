@@ -25,7 +25,7 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Writes `entries` into the hash map `fd` with batched updates. On failure returns the
+/// Writes `entries` into the session map `fd` with batched updates. On failure returns the
 /// error and the number of entries the kernel wrote before it; EINVAL means the kernel has
 /// no batch operations for this map, so the caller writes the entries one by one.
 pub fn update_sessions(
@@ -40,16 +40,33 @@ pub fn update_sessions(
         values.clear();
         keys.extend(chunk.iter().map(|(key, _)| *key));
         values.extend(chunk.iter().map(|(_, value)| *value));
+        update_batch(fd, &keys, &values).map_err(|(err, count)| (err, written + count))?;
+        written += chunk.len();
+    }
+    Ok(())
+}
+
+/// Writes `keys[i]` with `values[i]` into the hash map `fd`, whose key and value types are
+/// `K` and `V`, with one `BPF_MAP_UPDATE_BATCH` call per 65536 entries. On failure returns
+/// the error and the number of entries the kernel wrote before it.
+pub fn update_batch<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), (std::io::Error, usize)> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let mut written = 0;
+    for (key_chunk, value_chunk) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
         let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: chunk.len() as u32,
+            keys: key_chunk.as_ptr() as u64,
+            values: value_chunk.as_ptr() as u64,
+            count: key_chunk.len() as u32,
             map_fd: fd.as_raw_fd() as u32,
             ..Default::default()
         };
         // SAFETY: `attr` is a valid `batch` attribute. Its key and value pointers cover
-        // `count` elements of `SessionKey` and `SessionValue`, the `repr(C)` key and value
-        // types of the session map, and both vectors outlive the call.
+        // `count` elements of `K` and `V`, `Pod` types of the map's key and value sizes, and
+        // both slices outlive the call.
         let result = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -65,7 +82,7 @@ pub fn update_sessions(
                 written + attr.count as usize,
             ));
         }
-        written += chunk.len();
+        written += key_chunk.len();
     }
     Ok(())
 }

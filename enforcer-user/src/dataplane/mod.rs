@@ -1,7 +1,7 @@
 //! The kernel side as user space sees it: the embedded XDP object, loading and attaching it,
 //! and typed access to its maps.
 
-mod batch;
+pub mod batch;
 pub mod bench_objects;
 pub mod maps;
 pub mod pins;

@@ -9,7 +9,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+    os::fd::AsFd as _,
     time::{Duration, Instant},
 };
 
@@ -57,11 +57,6 @@ const FILLER_RESOURCE_V6_BASE: u32 = 200_000;
 const LIVE_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Minimum time between two punts of the same pair, as a production configuration would set.
 const PUNT_INTERVAL: Duration = Duration::from_secs(1);
-
-/// `BPF_MAP_UPDATE_BATCH` from `enum bpf_cmd` in the kernel's `uapi/linux/bpf.h` (Linux 5.6).
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-/// Elements per `BPF_MAP_UPDATE_BATCH` call.
-const BATCH_LEN: usize = 65536;
 
 pub fn probe_device_v4(index: usize) -> Ipv4Addr {
     if index < 256 {
@@ -486,10 +481,10 @@ fn write_hash<K: Pod, V: Pod>(
         Some(_) => bail!("map {name} is not a BPF_MAP_TYPE_HASH"),
         None => bail!("map {name} is missing from the object"),
     };
-    match update_batch(fd, keys, values) {
+    match enforcer::dataplane::batch::update_batch(fd, keys, values) {
         Ok(()) => return Ok(true),
-        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
-        Err(err) => {
+        Err((err, _)) if err.raw_os_error() == Some(libc::EINVAL) => {}
+        Err((err, _)) => {
             return Err(err).with_context(|| format!("BPF_MAP_UPDATE_BATCH failed on {name}"));
         }
     }
@@ -500,47 +495,6 @@ fn write_hash<K: Pod, V: Pod>(
             .with_context(|| format!("failed to write an entry of {name}"))?;
     }
     Ok(false)
-}
-
-/// The `batch` member of `union bpf_attr` (Linux 5.6).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn update_batch<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
-    for (key_chunk, value_chunk) in keys.chunks(BATCH_LEN).zip(values.chunks(BATCH_LEN)) {
-        let mut attr = BatchAttr {
-            keys: key_chunk.as_ptr() as u64,
-            values: value_chunk.as_ptr() as u64,
-            count: key_chunk.len() as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        // SAFETY: `attr` is a valid `batch` attribute whose key and value pointers cover
-        // `count` elements of the map's key and value sizes (both are `Pod` types the map
-        // was created with), and both slices outlive the call.
-        let result = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        if result < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Reads `CLOCK_BOOTTIME`, the clock of `bpf_ktime_get_boot_ns()`, in nanoseconds.
