@@ -403,12 +403,12 @@ fn check_pinned_layouts(folder: &Path, object: &[u8]) -> Result<(), DataplaneErr
         let pinned = MapData::from_pin(&path)
             .and_then(|map| map.info())
             .map_err(|err| pin_error(&path, err))?;
-        let wanted = (declared.key_size(), declared.value_size());
+        let expected = (declared.key_size(), declared.value_size());
         let found = (pinned.key_size(), pinned.value_size());
-        if wanted != found {
+        if expected != found {
             return Err(incompatible(format!(
                 "map {name} has {}-byte keys and {}-byte values, this program needs {} and {}",
-                found.0, found.1, wanted.0, wanted.1
+                found.0, found.1, expected.0, expected.1
             )));
         }
     }
